@@ -1,0 +1,110 @@
+//! The command line, as the SPEC lists it (clap derive). Nothing outside this module and
+//! `config.rs` sees clap types: `config::Settings::resolve` turns [`Cli`] into settings.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Pull-based deployment agent: polls a remote (ZIP over HTTP(S), S3, git, local path) and,
+/// when it changes, unpacks the new version into a fresh release, runs the pre-update hooks,
+/// switches `${directory}/current` to it atomically, and runs the post-update hooks (rolling
+/// back when one fails).
+///
+/// Exit status: 0 deployed or already up to date; 1 check or update failed (current
+/// unchanged); 2 usage or configuration error; 3 a pre-update hook blocked the update; 4 a
+/// post-update hook failed and the previous version was restored; 5 another repo-deploy holds
+/// the lock of the deploy directory.
+#[derive(Debug, Parser, Default)]
+#[command(name = "repo-deploy", version, about, long_about, max_term_width = 100)]
+pub struct Cli {
+    /// Configuration file (`key = value` lines). A missing default file is fine; a missing
+    /// file named here is an error.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Local cache/work directory [default: ${directory}/cache]
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+
+    /// Pre-update hooks: a non-zero exit blocks the update [default: /etc/repo-deploy/pre-update.d]
+    #[arg(long = "pre-hooks", value_name = "DIR")]
+    pub pre_hooks: Option<PathBuf>,
+
+    /// Post-update hooks: a non-zero exit rolls back [default: /etc/repo-deploy/post-update.d]
+    #[arg(long = "post-hooks", value_name = "DIR")]
+    pub post_hooks: Option<PathBuf>,
+
+    /// Remote repository: http(s)://…/app.zip, s3://bucket/key.zip, a git URL
+    /// (…/app.git/path#branch), or a local ZIP file or directory. `{id}` is replaced by the
+    /// application identity.
+    #[arg(short = 'r', long, value_name = "URL")]
+    pub remote: Option<String>,
+
+    /// The live directory the application watches (a symlink to the live release)
+    /// [default: ${directory}/current]
+    #[arg(short = 'l', long, value_name = "DIR")]
+    pub local: Option<PathBuf>,
+
+    /// Application identity, substituted for `{id}` in the remote URL [default: the host's
+    /// FQDN reversed]
+    #[arg(short = 'i', long, value_name = "ID")]
+    pub id: Option<String>,
+
+    /// Deploy directory, holding releases/ [default: /var/deploy]
+    #[arg(short = 'd', long, value_name = "DIR")]
+    pub directory: Option<PathBuf>,
+
+    /// When to check, as a cron expression: 5 fields, 6 with seconds first, or @hourly-style
+    /// (ignored with -f, but validated) [default: "* * * * *"]
+    #[arg(short = 's', long, value_name = "CRON")]
+    pub schedule: Option<String>,
+
+    /// Check once, deploy if changed, and exit
+    #[arg(short = 'f', long)]
+    pub fetch: bool,
+
+    /// Debug logging
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Commands beside the agent itself (a bare invocation runs the agent).
+#[derive(Debug, Subcommand, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Validate the configuration and print the effective settings (secrets masked).
+    CheckConfig,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn short_flags_match_the_spec() {
+        let cli = Cli::try_parse_from([
+            "repo-deploy", "-c", "/x.cfg", "-r", "http://h/a.zip", "-l", "/srv/live", "-i", "app",
+            "-d", "/srv", "-s", "@hourly", "-f", "-v",
+        ])
+        .expect("valid flags");
+        assert_eq!(cli.config.as_deref(), Some(std::path::Path::new("/x.cfg")));
+        assert_eq!(cli.remote.as_deref(), Some("http://h/a.zip"));
+        assert_eq!(cli.id.as_deref(), Some("app"));
+        assert_eq!(cli.schedule.as_deref(), Some("@hourly"));
+        assert!(cli.fetch && cli.verbose);
+    }
+
+    #[test]
+    fn unknown_flag_is_a_usage_error() {
+        let err = Cli::try_parse_from(["repo-deploy", "--bogus"]).expect_err("must fail");
+        assert_eq!(err.exit_code(), 2);
+    }
+}

@@ -1,0 +1,567 @@
+//! Settings, resolved once: command line > `REPO_DEPLOY_*` environment > configuration file >
+//! defaults. Everything below `main` sees only [`Settings`], never clap types or raw strings.
+//!
+//! The file format is the seed tool's: `key = value` lines, split at the first `=`, both sides
+//! trimmed; blank lines and lines starting with `#` or `;` ignored; keys accept `-` or `_`. An
+//! unknown key is an error naming the file, the line and the closest known key.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::cli::Cli;
+use crate::remote::{self, Remote, RemoteError};
+use crate::schedule::{Schedule, ScheduleError};
+use crate::unpack::Limits;
+
+/// The default configuration file (its absence is fine).
+pub const DEFAULT_CONFIG: &str = "/etc/repo-deploy/repo-deploy.cfg";
+const DEFAULT_DIRECTORY: &str = "/var/deploy";
+const DEFAULT_PRE_HOOKS: &str = "/etc/repo-deploy/pre-update.d";
+const DEFAULT_POST_HOOKS: &str = "/etc/repo-deploy/post-update.d";
+const DEFAULT_SCHEDULE: &str = "* * * * *";
+const ENV_PREFIX: &str = "REPO_DEPLOY_";
+
+/// Every key the file and the environment accept: canonical name, then aliases.
+const KEYS: &[(&str, &[&str])] = &[
+    ("remote", &["repository"]),
+    ("local", &[]),
+    ("directory", &[]),
+    ("cache", &[]),
+    ("schedule", &[]),
+    ("id", &["identity"]),
+    ("pre-hooks", &[]),
+    ("post-hooks", &[]),
+    ("aws-access-key", &[]),
+    ("aws-secret-key", &[]),
+    ("aws-region", &[]),
+    ("s3-endpoint", &[]),
+    ("keep", &[]),
+    ("hook-timeout", &[]),
+    ("max-size", &[]),
+    ("max-files", &[]),
+    ("connect-timeout", &[]),
+    ("stall-timeout", &[]),
+];
+
+/// S3 settings from the configuration (the rest of the chain is the AWS SDK's).
+#[derive(Clone, Default)]
+pub struct AwsSettings {
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+}
+
+impl std::fmt::Debug for AwsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsSettings")
+            .field("access_key", &self.access_key.as_ref().map(|_| "***"))
+            .field("secret_key", &self.secret_key.as_ref().map(|_| "***"))
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+/// Everything a run needs, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The configuration file that was read, if any.
+    pub config_file: Option<PathBuf>,
+    /// The remote as configured, after `{id}` substitution (may hold credentials: never print).
+    pub remote_url: String,
+    /// The remote, parsed.
+    pub remote: Remote,
+    /// The remote with credentials masked: the only form that is ever printed.
+    pub remote_display: String,
+    /// The live path the application watches: a symlink to the live release.
+    pub local: PathBuf,
+    /// The deploy directory: `releases/`, `state.json`, `.lock`.
+    pub directory: PathBuf,
+    /// Downloads and other work files.
+    pub cache: PathBuf,
+    pub pre_hooks: PathBuf,
+    pub post_hooks: PathBuf,
+    pub schedule: Schedule,
+    /// Releases kept on disk, the live one included (at least 2).
+    pub keep: usize,
+    /// A hook running longer is killed with its process group and counts as failed.
+    pub hook_timeout: Duration,
+    /// Unpacking limits against archive bombs.
+    pub limits: Limits,
+    /// Time allowed to connect to a remote.
+    pub connect_timeout: Duration,
+    /// A download that receives nothing for this long fails.
+    pub stall_timeout: Duration,
+    pub aws: AwsSettings,
+    /// `-f`: check once and exit.
+    pub once: bool,
+    pub verbose: bool,
+}
+
+/// A configuration problem: exit status 2, nothing touched.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {0}: {1}")]
+    Read(PathBuf, #[source] io::Error),
+    #[error("{file}:{line}: expected `key = value`, found `{text}`")]
+    Syntax { file: PathBuf, line: usize, text: String },
+    #[error("{file}:{line}: unknown key `{key}`{hint}")]
+    UnknownKey { file: PathBuf, line: usize, key: String, hint: String },
+    #[error("{source_name}: invalid value `{value}` for `{key}`: {reason}")]
+    Value { source_name: String, key: String, value: String, reason: String },
+    #[error("no remote configured: set `remote` in the configuration file, REPO_DEPLOY_REMOTE, or pass -r URL")]
+    NoRemote,
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error("{0}")]
+    Schedule(#[from] ScheduleError),
+    #[error("{0} remotes are not supported yet; use an http(s):// ZIP or a local path")]
+    Unsupported(&'static str),
+    #[error("cannot determine the current directory: {0}")]
+    Cwd(#[source] io::Error),
+}
+
+/// Where a raw value came from, for error messages.
+#[derive(Debug, Clone)]
+struct Raw {
+    value: String,
+    origin: String,
+}
+
+/// The file and environment layers, merged (environment over file).
+#[derive(Debug, Default)]
+struct Layers {
+    values: HashMap<&'static str, Raw>,
+}
+
+impl Layers {
+    fn get(&self, key: &str) -> Option<&Raw> {
+        self.values.get(key)
+    }
+}
+
+/// Canonical name of `key` (`_` → `-`, lower case, aliases folded), if it is known.
+fn canonical(key: &str) -> Option<&'static str> {
+    let key = key.trim().to_ascii_lowercase().replace('_', "-");
+    KEYS.iter().find(|(name, aliases)| *name == key || aliases.contains(&key.as_str())).map(|(n, _)| *n)
+}
+
+/// The closest known key, for "did you mean".
+fn closest(key: &str) -> Option<&'static str> {
+    let key = key.to_ascii_lowercase().replace('_', "-");
+    KEYS.iter()
+        .flat_map(|(n, aliases)| std::iter::once(*n).chain(aliases.iter().copied()))
+        .map(|k| (strsim::damerau_levenshtein(&key, k), k))
+        .filter(|(d, k)| *d <= 3.max(k.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| canonical(k).unwrap_or(k))
+}
+
+/// Strip one pair of matching quotes around a value (`schedule = "*/5 * * * *"`).
+fn unquote(v: &str) -> &str {
+    for q in ['"', '\''] {
+        if v.len() >= 2 && v.starts_with(q) && v.ends_with(q) {
+            return &v[1..v.len() - 1];
+        }
+    }
+    v
+}
+
+/// Parse the text of a configuration file into (key, value, line) triples.
+pub fn parse_file_text(file: &Path, text: &str) -> Result<Vec<(&'static str, String, usize)>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
+            continue;
+        }
+        let Some((key, value)) = trimmed.split_once('=') else {
+            return Err(ConfigError::Syntax { file: file.into(), line: n, text: trimmed.into() });
+        };
+        let key = key.trim();
+        let Some(name) = canonical(key) else {
+            let hint = closest(key).map(|k| format!("; did you mean `{k}`?")).unwrap_or_default();
+            return Err(ConfigError::UnknownKey { file: file.into(), line: n, key: key.into(), hint });
+        };
+        out.push((name, unquote(value.trim()).to_string(), n));
+    }
+    Ok(out)
+}
+
+fn read_layers(
+    config: Option<&Path>,
+    env: &HashMap<String, String>,
+) -> Result<(Layers, Option<PathBuf>), ConfigError> {
+    let mut layers = Layers::default();
+    let (path, required) = match config {
+        Some(p) => (p.to_path_buf(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    let mut read_file = None;
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            for (key, value, line) in parse_file_text(&path, &text)? {
+                let origin = format!("{}:{line}", path.display());
+                layers.values.insert(key, Raw { value, origin });
+            }
+            read_file = Some(path);
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !required => {}
+        Err(e) => return Err(ConfigError::Read(path, e)),
+    }
+    for (name, value) in env {
+        let Some(key) = name.strip_prefix(ENV_PREFIX) else { continue };
+        // Unknown REPO_DEPLOY_* variables are ignored: the environment is shared with other
+        // programs, and a typo there must not stop a fleet.
+        if let Some(key) = canonical(key) {
+            layers.values.insert(key, Raw { value: value.clone(), origin: name.clone() });
+        }
+    }
+    layers.values.retain(|_, raw| !raw.value.trim().is_empty());
+    Ok((layers, read_file))
+}
+
+/// Pick the command-line value, else the environment/file value, as a string with its origin.
+fn pick(cli: Option<String>, flag: &str, layers: &Layers, key: &str) -> Option<Raw> {
+    cli.map(|value| Raw { value, origin: flag.to_string() }).or_else(|| layers.get(key).cloned())
+}
+
+fn value_error(raw: &Raw, key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Value {
+        source_name: raw.origin.clone(),
+        key: key.into(),
+        value: raw.value.clone(),
+        reason: reason.into(),
+    }
+}
+
+fn parse_u64(raw: &Raw, key: &str) -> Result<u64, ConfigError> {
+    raw.value.trim().parse::<u64>().map_err(|_| value_error(raw, key, "expected a whole number"))
+}
+
+fn parse_seconds(raw: &Raw, key: &str) -> Result<Duration, ConfigError> {
+    let v = raw.value.trim();
+    let secs: f64 = v.strip_suffix('s').unwrap_or(v).parse().map_err(|_| value_error(raw, key, "expected seconds"))?;
+    if !(secs.is_finite() && secs > 0.0 && secs <= 31_536_000.0) {
+        return Err(value_error(raw, key, "expected a number of seconds above 0"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Sizes accept K, M, G, T suffixes (powers of 1024).
+fn parse_size(raw: &Raw, key: &str) -> Result<u64, ConfigError> {
+    let v = raw.value.trim().to_ascii_uppercase();
+    let v = v.strip_suffix("IB").or_else(|| v.strip_suffix('B')).unwrap_or(&v);
+    let (num, mult) = match v.chars().last() {
+        Some('K') => (&v[..v.len() - 1], 1u64 << 10),
+        Some('M') => (&v[..v.len() - 1], 1 << 20),
+        Some('G') => (&v[..v.len() - 1], 1 << 30),
+        Some('T') => (&v[..v.len() - 1], 1 << 40),
+        _ => (v, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| value_error(raw, key, "expected a size such as 500M or 10G"))
+}
+
+fn path_of(raw: Option<Raw>, cwd: &Path) -> Option<PathBuf> {
+    raw.map(|r| cwd.join(r.value.trim()))
+}
+
+impl Settings {
+    /// Resolve settings from the command line, an environment and the configuration file.
+    pub fn resolve(cli: &Cli, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+        let cwd = std::env::current_dir().map_err(ConfigError::Cwd)?;
+        Self::resolve_in(cli, env, &cwd)
+    }
+
+    /// As [`Settings::resolve`], with relative paths taken from `cwd`.
+    pub fn resolve_in(cli: &Cli, env: &HashMap<String, String>, cwd: &Path) -> Result<Settings, ConfigError> {
+        let config = cli.config.as_ref().map(|p| cwd.join(p));
+        let (layers, config_file) = read_layers(config.as_deref(), env)?;
+        let os = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
+
+        let local = path_of(pick(os(&cli.local), "--local", &layers, "local"), cwd);
+        let directory = path_of(pick(os(&cli.directory), "--directory", &layers, "directory"), cwd)
+            .or_else(|| local.as_ref().and_then(|l| l.parent().map(Path::to_path_buf)))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DIRECTORY));
+        let local = local.unwrap_or_else(|| directory.join("current"));
+        let cache = path_of(pick(os(&cli.cache), "--cache", &layers, "cache"), cwd)
+            .unwrap_or_else(|| directory.join("cache"));
+        let pre_hooks = path_of(pick(os(&cli.pre_hooks), "--pre-hooks", &layers, "pre-hooks"), cwd)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PRE_HOOKS));
+        let post_hooks = path_of(pick(os(&cli.post_hooks), "--post-hooks", &layers, "post-hooks"), cwd)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_POST_HOOKS));
+
+        let schedule_raw = pick(cli.schedule.clone(), "--schedule", &layers, "schedule");
+        let schedule = Schedule::parse(schedule_raw.as_ref().map_or(DEFAULT_SCHEDULE, |r| r.value.as_str()))?;
+
+        let keep = match layers.get("keep") {
+            Some(raw) => match parse_u64(raw, "keep")? {
+                n if n >= 2 => usize::try_from(n).unwrap_or(usize::MAX),
+                _ => return Err(value_error(raw, "keep", "at least 2 (the live release and the one before it)")),
+            },
+            None => 5,
+        };
+        let seconds = |key: &str, default: u64| -> Result<Duration, ConfigError> {
+            layers.get(key).map_or(Ok(Duration::from_secs(default)), |raw| parse_seconds(raw, key))
+        };
+        let hook_timeout = seconds("hook-timeout", 300)?;
+        let connect_timeout = seconds("connect-timeout", 10)?;
+        let stall_timeout = seconds("stall-timeout", 60)?;
+        let max_bytes = layers.get("max-size").map_or(Ok(16 << 30), |r| parse_size(r, "max-size"))?;
+        let max_entries = match layers.get("max-files") {
+            Some(raw) => parse_u64(raw, "max-files").and_then(|n| {
+                if n == 0 { Err(value_error(raw, "max-files", "at least 1")) } else { Ok(n) }
+            })?,
+            None => 1_000_000,
+        };
+
+        let aws = AwsSettings {
+            access_key: layers.get("aws-access-key").map(|r| r.value.clone()),
+            secret_key: layers.get("aws-secret-key").map(|r| r.value.clone()),
+            region: layers.get("aws-region").map(|r| r.value.clone()),
+            endpoint: layers.get("s3-endpoint").map(|r| r.value.clone()),
+        };
+
+        let remote_raw = pick(cli.remote.clone(), "--remote", &layers, "remote").ok_or(ConfigError::NoRemote)?;
+        let id = pick(cli.id.clone(), "--id", &layers, "id").map(|r| r.value);
+        let remote_url = if remote_raw.value.contains("{id}") {
+            let id = match id {
+                Some(id) => id,
+                None => reversed_fqdn(),
+            };
+            remote_raw.value.replace("{id}", &id)
+        } else {
+            remote_raw.value.clone()
+        };
+        let remote = remote::parse(&remote_url, cwd)?;
+        match remote {
+            Remote::Git(_) => return Err(ConfigError::Unsupported("git")),
+            Remote::Http(_) | Remote::Local(_) | Remote::S3 { .. } => {}
+        }
+        let remote_display = remote::mask(&remote_url);
+
+        Ok(Settings {
+            config_file,
+            remote_url,
+            remote,
+            remote_display,
+            local,
+            directory,
+            cache,
+            pre_hooks,
+            post_hooks,
+            schedule,
+            keep,
+            hook_timeout,
+            limits: Limits { max_bytes, max_entries },
+            connect_timeout,
+            stall_timeout,
+            aws,
+            once: cli.fetch,
+            verbose: cli.verbose,
+        })
+    }
+
+    /// Every secret these settings hold, for the log writer to mask.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut s = remote::secrets(&self.remote_url);
+        s.extend(self.aws.access_key.clone());
+        s.extend(self.aws.secret_key.clone());
+        s
+    }
+
+    /// The effective settings as `key = value` lines, secrets masked (`check-config`).
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let mut line = |k: &str, v: &dyn std::fmt::Display| {
+            let _ = writeln!(out, "{k} = {v}");
+        };
+        line("remote", &self.remote_display);
+        line("local", &self.local.display());
+        line("directory", &self.directory.display());
+        line("cache", &self.cache.display());
+        line("pre-hooks", &self.pre_hooks.display());
+        line("post-hooks", &self.post_hooks.display());
+        line("schedule", &self.schedule.as_str());
+        line("keep", &self.keep);
+        line("hook-timeout", &self.hook_timeout.as_secs_f64());
+        line("max-size", &self.limits.max_bytes);
+        line("max-files", &self.limits.max_entries);
+        line("connect-timeout", &self.connect_timeout.as_secs_f64());
+        line("stall-timeout", &self.stall_timeout.as_secs_f64());
+        if self.aws.access_key.is_some() {
+            line("aws-access-key", &"***");
+        }
+        if self.aws.secret_key.is_some() {
+            line("aws-secret-key", &"***");
+        }
+        if let Some(r) = &self.aws.region {
+            line("aws-region", r);
+        }
+        if let Some(e) = &self.aws.endpoint {
+            line("s3-endpoint", e);
+        }
+        out
+    }
+}
+
+/// The host's fully qualified name, reversed (`app.example.com` → `com.example.app`), the
+/// default `{id}`.
+pub fn reversed_fqdn() -> String {
+    let fqdn = fqdn();
+    fqdn.split('.').rev().collect::<Vec<_>>().join(".")
+}
+
+/// The host name, qualified through the resolver when it has no dot (like Python's
+/// `socket.getfqdn`, which the seed tool used).
+fn fqdn() -> String {
+    let uname = rustix::system::uname();
+    let host = uname.nodename().to_string_lossy().into_owned();
+    if host.contains('.') {
+        return host;
+    }
+    let hints = dns_lookup::AddrInfoHints { flags: libc::AI_CANONNAME, ..Default::default() };
+    dns_lookup::getaddrinfo(Some(&host), None, Some(hints))
+        .ok()
+        .and_then(|mut it| it.find_map(|a| a.ok().and_then(|a| a.canonname)))
+        .filter(|c| c.contains('.'))
+        .unwrap_or(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut v = vec!["repo-deploy"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).expect("cli")
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn write_cfg(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("rd.cfg");
+        fs::write(&path, text).expect("write");
+        (dir, path)
+    }
+
+    #[test]
+    fn file_syntax_comments_aliases_and_underscores() {
+        let (_d, path) = write_cfg("# c\n; c\n\nrepository = /srv/app.zip\npre_hooks=/h\nkeep = 3\nschedule = \"*/10 * * * * *\"\n");
+        let c = cli(&["-c", path.to_str().expect("utf8")]);
+        let s = Settings::resolve_in(&c, &env(&[]), Path::new("/")).expect("settings");
+        assert_eq!(s.remote, Remote::Local("/srv/app.zip".into()));
+        assert_eq!(s.pre_hooks, PathBuf::from("/h"));
+        assert_eq!(s.keep, 3);
+        assert_eq!(s.schedule.as_str(), "*/10 * * * * *");
+        assert_eq!(s.directory, PathBuf::from("/var/deploy"));
+        assert_eq!(s.local, PathBuf::from("/var/deploy/current"));
+        assert_eq!(s.cache, PathBuf::from("/var/deploy/cache"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_closest_key() {
+        let (_d, path) = write_cfg("remote = /a.zip\n\nschedul = * * * * *\n");
+        let err = Settings::resolve_in(&cli(&["-c", path.to_str().expect("utf8")]), &env(&[]), Path::new("/"))
+            .expect_err("unknown key");
+        let msg = err.to_string();
+        assert!(msg.contains("rd.cfg:3"), "{msg}");
+        assert!(msg.contains("`schedule`"), "{msg}");
+    }
+
+    #[test]
+    fn line_without_equals_is_a_syntax_error() {
+        let (_d, path) = write_cfg("remote /a.zip\n");
+        let err = Settings::resolve_in(&cli(&["-c", path.to_str().expect("utf8")]), &env(&[]), Path::new("/"))
+            .expect_err("syntax");
+        assert!(matches!(err, ConfigError::Syntax { line: 1, .. }));
+    }
+
+    #[test]
+    fn missing_named_file_is_an_error() {
+        let err = Settings::resolve_in(&cli(&["-c", "/nonexistent/x.cfg", "-r", "/a.zip"]), &env(&[]), Path::new("/"))
+            .expect_err("missing");
+        assert!(matches!(err, ConfigError::Read(..)));
+    }
+
+    #[test]
+    fn precedence_cli_over_env_over_file() {
+        let (_d, path) = write_cfg("remote = /file.zip\nkeep = 3\nhook-timeout = 7\n");
+        let p = path.to_str().expect("utf8");
+        let e = env(&[("REPO_DEPLOY_REMOTE", "/env.zip"), ("REPO_DEPLOY_HOOK_TIMEOUT", "9")]);
+        let s = Settings::resolve_in(&cli(&["-c", p]), &e, Path::new("/")).expect("settings");
+        assert_eq!(s.remote, Remote::Local("/env.zip".into()));
+        assert_eq!(s.hook_timeout, Duration::from_secs(9));
+        assert_eq!(s.keep, 3);
+        let s = Settings::resolve_in(&cli(&["-c", p, "-r", "/cli.zip"]), &e, Path::new("/")).expect("settings");
+        assert_eq!(s.remote, Remote::Local("/cli.zip".into()));
+    }
+
+    #[test]
+    fn directory_is_the_parent_of_local_when_only_local_is_given() {
+        let s = Settings::resolve_in(&cli(&["-r", "/a.zip", "-l", "/srv/app/live"]), &env(&[]), Path::new("/"))
+            .expect("settings");
+        assert_eq!(s.directory, PathBuf::from("/srv/app"));
+        let s = Settings::resolve_in(&cli(&["-r", "/a.zip", "-l", "/srv/app/live", "-d", "/d"]), &env(&[]), Path::new("/"))
+            .expect("settings");
+        assert_eq!(s.directory, PathBuf::from("/d"));
+    }
+
+    #[test]
+    fn id_is_substituted() {
+        let s = Settings::resolve_in(&cli(&["-r", "https://h/{id}.zip", "-i", "web"]), &env(&[]), Path::new("/"))
+            .expect("settings");
+        assert_eq!(s.remote_url, "https://h/web.zip");
+        let s = Settings::resolve_in(&cli(&["-r", "https://h/{id}.zip"]), &env(&[]), Path::new("/")).expect("settings");
+        assert!(!s.remote_url.contains("{id}"));
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        for (k, v) in [("KEEP", "1"), ("KEEP", "x"), ("HOOK_TIMEOUT", "-1"), ("MAX_SIZE", "lots"), ("MAX_FILES", "0"), ("SCHEDULE", "* *")] {
+            let e = env(&[("REPO_DEPLOY_REMOTE", "/a.zip"), (&format!("REPO_DEPLOY_{k}"), v)]);
+            assert!(Settings::resolve_in(&cli(&[]), &e, Path::new("/")).is_err(), "{k}={v}");
+        }
+    }
+
+    #[test]
+    fn sizes_take_suffixes() {
+        let raw = |v: &str| Raw { value: v.into(), origin: "t".into() };
+        assert_eq!(parse_size(&raw("10G"), "k").expect("10G"), 10 << 30);
+        assert_eq!(parse_size(&raw("500MiB"), "k").expect("500MiB"), 500 << 20);
+        assert_eq!(parse_size(&raw("4096"), "k").expect("4096"), 4096);
+    }
+
+    #[test]
+    fn git_is_not_supported_yet() {
+        let err = Settings::resolve_in(&cli(&["-r", "git://h/a.git"]), &env(&[]), Path::new("/")).expect_err("git");
+        assert!(matches!(err, ConfigError::Unsupported(_)));
+    }
+
+    #[test]
+    fn describe_masks_secrets() {
+        let e = env(&[("REPO_DEPLOY_AWS_SECRET_KEY", "sekrit123")]);
+        let s = Settings::resolve_in(&cli(&["-r", "https://u:pw123@h/a.zip"]), &e, Path::new("/")).expect("settings");
+        let d = s.describe();
+        assert!(!d.contains("sekrit123") && !d.contains("pw123"), "{d}");
+        assert!(s.secrets().contains(&"sekrit123".to_string()));
+    }
+}

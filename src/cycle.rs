@@ -1,0 +1,276 @@
+//! ONE check, readable top to bottom:
+//! probe/fetch → unpack → durable → pre-hooks → switch → post-hooks → (roll back) → prune.
+//!
+//! This module owns the order of the steps and the rollback rules; the modules it calls know
+//! nothing of each other. Crash-safety invariants it keeps:
+//! - Before the switch, every failure leaves `current` exactly as it was and removes what
+//!   this check created (staging, release, download); a cancelled check does the same.
+//! - A release's version is recorded in the state before it can become live, and the remote's
+//!   validators only once it is live and its post-update hooks passed, so a blocked or
+//!   reverted version is fetched and tried again at the next check.
+//! - Once `current` has switched, the check runs to its end (hooks, rollback) even when
+//!   cancelled: an activation is completed or undone, never left half-done.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, anyhow};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::activate;
+use crate::config::Settings;
+use crate::exit::Exit;
+use crate::hooks::{self, HookEnv, HookError, Phase};
+use crate::releases::Releases;
+use crate::source::{Fetched, Source};
+use crate::state::{ReleaseInfo, State};
+
+/// What a successful check did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The live version is the remote's.
+    Unchanged { version: Option<String> },
+    /// A new version is live.
+    Deployed { version: String, release: PathBuf },
+}
+
+/// Why a check did not end with the remote's version live.
+#[derive(Debug, Error)]
+pub enum CycleError {
+    /// The check or update failed; `current` is unchanged.
+    #[error("{0:#}")]
+    Failed(#[from] anyhow::Error),
+    /// A pre-update hook refused the new version; `current` is unchanged.
+    #[error("update to {version} blocked by a pre-update hook: {source}")]
+    Blocked { version: String, source: HookError },
+    /// A post-update hook failed; the previous release is live again (or, on a first deploy,
+    /// `current` was removed).
+    #[error("post-update hook failed for {version}: {source}; {restored}")]
+    RolledBack { version: String, source: HookError, restored: String },
+    /// Stopped by a signal before the switch; `current` is unchanged.
+    #[error("interrupted before the switch; current is unchanged")]
+    Interrupted,
+}
+
+impl CycleError {
+    /// The SPEC's exit status for this failure.
+    pub fn exit(&self) -> Exit {
+        match self {
+            CycleError::Failed(_) | CycleError::Interrupted => Exit::Failed,
+            CycleError::Blocked { .. } => Exit::Blocked,
+            CycleError::RolledBack { .. } => Exit::RolledBack,
+        }
+    }
+}
+
+/// Remove what a crashed or killed run left behind. Call once at start, under the lock.
+pub fn recover(settings: &Settings) -> anyhow::Result<()> {
+    let releases = Releases::open(&settings.directory)
+        .with_context(|| format!("cannot open {}/releases", settings.directory.display()))?;
+    releases.sweep().with_context(|| format!("cannot clean {}", releases.root().display()))?;
+    activate::sweep(&settings.local).with_context(|| format!("cannot clean beside {}", settings.local.display()))?;
+    crate::source::sweep_cache(&settings.cache).with_context(|| format!("cannot clean {}", settings.cache.display()))?;
+    Ok(())
+}
+
+/// Run one check against `source`. The caller holds the deploy lock.
+pub async fn check(settings: &Settings, source: &Source, cancel: &CancellationToken) -> Result<Outcome, CycleError> {
+    let dir = &settings.directory;
+    let releases = Releases::open(dir).with_context(|| format!("cannot open {}/releases", dir.display()))?;
+    let mut state = State::load(dir);
+    let live = activate::live(&settings.local).with_context(|| format!("cannot read {}", settings.local.display()))?;
+    let live_name = live.as_deref().and_then(release_name);
+    let live_info = live_name.as_deref().and_then(|n| state.releases.get(n)).cloned();
+
+    // 1. Ask the remote; download only if it changed.
+    let known = state.stamp_for(&settings.remote_display, live_name.as_deref()).cloned();
+    let artifact = match source.fetch(known.as_ref(), cancel).await {
+        Ok(Fetched::Unchanged) => {
+            tracing::info!("unchanged: {} is live", version_of(&live_info));
+            return Ok(Outcome::Unchanged { version: live_info.map(|i| i.version) });
+        }
+        Ok(Fetched::New(artifact)) => artifact,
+        Err(_) if cancel.is_cancelled() => return Err(CycleError::Interrupted),
+        Err(e) => return Err(CycleError::Failed(e)),
+    };
+    let version = artifact.stamp.version.clone();
+    if let Some(info) = live_info.as_ref().filter(|i| i.sha256 == artifact.sha256) {
+        // Same bytes under a new validator (touched file, new ETag): remember it, no deploy.
+        tracing::info!("unchanged: the remote's content is the live version {}", info.version);
+        state.remote = settings.remote_display.clone();
+        state.stamp = Some(artifact.stamp.clone());
+        if let Some(i) = live_name.as_ref().and_then(|n| state.releases.get_mut(n)) {
+            i.version = artifact.stamp.version.clone();
+        }
+        save(&state, dir)?;
+        return Ok(Outcome::Unchanged { version: Some(version) });
+    }
+    tracing::info!("new version {version} from {}", settings.remote_display);
+
+    // 2. Unpack into a hidden staging directory; 3. make it durable and give it its name.
+    let started = Instant::now();
+    let staging = releases.stage().with_context(|| format!("cannot create a staging directory in {}", releases.root().display()))?;
+    let (target, limits, token) = (staging.path().to_path_buf(), settings.limits, cancel.clone());
+    let (artifact, summary) = tokio::task::spawn_blocking(move || {
+        let summary = artifact.extract_into(&target, &limits, &token);
+        (artifact, summary)
+    })
+    .await
+    .map_err(|e| anyhow!("unpacking panicked: {e}"))?;
+    let summary = match summary {
+        Ok(s) => s,
+        Err(_) if cancel.is_cancelled() => return Err(CycleError::Interrupted),
+        Err(e) => return Err(CycleError::Failed(anyhow!(e).context(format!("cannot unpack {version}")))),
+    };
+    let release = releases.publish(staging, &version).with_context(|| format!("cannot publish the release of {version}"))?;
+    let (stamp, sha256) = (artifact.stamp.clone(), artifact.sha256.clone());
+    drop(artifact);
+    tracing::info!(
+        "unpacked {} files, {} bytes into {} in {:.3}s",
+        summary.files,
+        summary.bytes,
+        release.display(),
+        started.elapsed().as_secs_f64()
+    );
+    let name = release_name(&release).ok_or_else(|| anyhow!("release {} has no name", release.display()))?;
+    state.releases.insert(name.clone(), ReleaseInfo {
+        version: version.clone(),
+        sha256,
+        remote: settings.remote_display.clone(),
+        created: chrono::Utc::now().to_rfc3339(),
+    });
+    save(&state, dir).inspect_err(|_| discard(&releases, &release))?;
+
+    // 4. Pre-update hooks: a failure blocks the update.
+    let env = HookEnv {
+        phase: Phase::Pre,
+        current: release.clone(),
+        previous: live.clone(),
+        version: version.clone(),
+        previous_version: live_info.as_ref().map(|i| i.version.clone()).unwrap_or_default(),
+        rollback: false,
+        deploy_dir: settings.local.clone(),
+        remote: settings.remote_display.clone(),
+    };
+    if let Err(e) = hooks::run_parts(&settings.pre_hooks, &env, settings.hook_timeout, cancel).await {
+        discard(&releases, &release);
+        forget(&mut state, &name, dir);
+        return Err(match e {
+            HookError::Cancelled { .. } => CycleError::Interrupted,
+            e => CycleError::Blocked { version, source: e },
+        });
+    }
+    if cancel.is_cancelled() {
+        discard(&releases, &release);
+        forget(&mut state, &name, dir);
+        return Err(CycleError::Interrupted);
+    }
+
+    // 5. The switch. From here on the check runs to its end, whatever the signals say.
+    let switch_started = Instant::now();
+    if let Err(e) = activate::switch(&settings.local, &release) {
+        discard(&releases, &release);
+        forget(&mut state, &name, dir);
+        return Err(CycleError::Failed(anyhow!(e).context(format!("cannot switch {} to {}", settings.local.display(), release.display()))));
+    }
+    tracing::info!(
+        "switched {} to {} in {}µs",
+        settings.local.display(),
+        release.display(),
+        switch_started.elapsed().as_micros()
+    );
+
+    // 6. Post-update hooks: a failure switches back.
+    let env = HookEnv { phase: Phase::Post, ..env };
+    let never = CancellationToken::new();
+    if let Err(e) = hooks::run_parts(&settings.post_hooks, &env, settings.hook_timeout, &never).await {
+        let restored = roll_back(settings, &env, &never).await;
+        discard(&releases, &release);
+        forget(&mut state, &name, dir);
+        return Err(CycleError::RolledBack { version, source: e, restored });
+    }
+
+    // The version is live and accepted: remember the remote's validators for it.
+    state.remote = settings.remote_display.clone();
+    state.stamp = Some(stamp);
+    save(&state, dir)?;
+    tracing::info!("deployed {version}");
+
+    // 7. Retention: never the live release or the one before it.
+    let mut protect: Vec<&Path> = vec![&release];
+    if let Some(prev) = live.as_deref() {
+        protect.push(prev);
+    }
+    match releases.prune(settings.keep, &protect) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!("removed old releases: {}", removed.join(", "));
+            if let Ok(names) = releases.list() {
+                state.retain_releases(&names);
+                let _ = save(&state, dir);
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot remove old releases: {e}"),
+    }
+    Ok(Outcome::Deployed { version, release })
+}
+
+/// Switch back after a failed post-update hook and re-run the post-update hooks for the
+/// restored release with `DEPLOY_ROLLBACK=1`; on a first deploy, remove `current`. Returns
+/// what was done, for the error message.
+async fn roll_back(settings: &Settings, failed: &HookEnv, never: &CancellationToken) -> String {
+    let Some(previous) = failed.previous.clone() else {
+        return match activate::deactivate(&settings.local) {
+            Ok(()) => format!("first deploy: {} removed", settings.local.display()),
+            Err(e) => format!("first deploy: cannot remove {}: {e}", settings.local.display()),
+        };
+    };
+    if let Err(e) = activate::switch(&settings.local, &previous) {
+        tracing::error!("cannot switch {} back to {}: {e}", settings.local.display(), previous.display());
+        return format!("rollback to {} FAILED: {e}", previous.display());
+    }
+    tracing::warn!("rolled back {} to {}", settings.local.display(), previous.display());
+    let env = HookEnv {
+        phase: Phase::Post,
+        current: previous.clone(),
+        previous: Some(failed.current.clone()),
+        version: failed.previous_version.clone(),
+        previous_version: failed.version.clone(),
+        rollback: true,
+        deploy_dir: failed.deploy_dir.clone(),
+        remote: failed.remote.clone(),
+    };
+    if let Err(e) = hooks::run_parts(&settings.post_hooks, &env, settings.hook_timeout, never).await {
+        tracing::error!("post-update hooks failed again after the rollback: {e}");
+    }
+    format!("rolled back to {}", previous.display())
+}
+
+/// The directory name of a release path.
+fn release_name(path: &Path) -> Option<String> {
+    path.file_name().map(|n| n.to_string_lossy().into_owned())
+}
+
+fn version_of(info: &Option<ReleaseInfo>) -> &str {
+    info.as_ref().map_or("(unknown version)", |i| i.version.as_str())
+}
+
+fn save(state: &State, dir: &Path) -> Result<(), CycleError> {
+    state.save(dir).with_context(|| format!("cannot write {}", State::path(dir).display())).map_err(CycleError::Failed)
+}
+
+/// Remove a release this check created and will not keep.
+fn discard(releases: &Releases, release: &Path) {
+    if let Err(e) = releases.remove(release) {
+        tracing::warn!("cannot remove {}: {e}", release.display());
+    }
+}
+
+/// Drop a discarded release from the state (best effort: the next prune forgets it anyway).
+fn forget(state: &mut State, name: &str, dir: &Path) {
+    state.releases.remove(name);
+    if let Err(e) = state.save(dir) {
+        tracing::warn!("cannot write {}: {e}", State::path(dir).display());
+    }
+}

@@ -1,0 +1,21 @@
+//! repo-deploy: a pull-based deployment agent.
+//!
+//! The binary (`main.rs`) is a thin shell around this library so that integration tests and
+//! benchmarks run the same code. Data flows one way: `cli` → `config` (resolved `Settings`) →
+//! `daemon` / `cycle`, which drive the modules below them. See the README's architecture section.
+
+pub mod activate;
+pub mod cli;
+pub mod config;
+pub mod cycle;
+pub mod daemon;
+pub mod exit;
+pub mod hooks;
+pub mod lock;
+pub mod logging;
+pub mod releases;
+pub mod remote;
+pub mod schedule;
+pub mod source;
+pub mod state;
+pub mod unpack;

@@ -1,0 +1,66 @@
+//! One agent per deploy directory: an exclusive `flock` on `${directory}/.lock`.
+//!
+//! The kernel drops the lock when the holder dies, so a lock left by a `kill -9`ed agent never
+//! blocks the next start; the file itself is left in place on purpose (unlinking it would
+//! let two agents lock two different inodes).
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FlockOperation, flock};
+use thiserror::Error;
+
+/// Held for as long as it lives.
+#[derive(Debug)]
+pub struct DeployLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl DeployLock {
+    /// Where the lock lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Why the lock could not be taken.
+#[derive(Debug, Error)]
+pub enum LockError {
+    #[error("another repo-deploy holds the lock {0}; stop it, or use another --directory")]
+    Held(PathBuf),
+    #[error("cannot open the lock {0}: {1}")]
+    Io(PathBuf, #[source] io::Error),
+}
+
+/// Take the lock of `directory` (created if missing) without waiting.
+pub fn acquire(directory: &Path) -> Result<DeployLock, LockError> {
+    let path = directory.join(".lock");
+    fs::create_dir_all(directory).map_err(|e| LockError::Io(path.clone(), e))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| LockError::Io(path.clone(), e))?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(DeployLock { _file: file, path }),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(LockError::Held(path)),
+        Err(e) => Err(LockError::Io(path, e.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_holder_is_refused_and_drop_releases() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = acquire(dir.path()).expect("first");
+        assert!(matches!(acquire(dir.path()), Err(LockError::Held(_))));
+        drop(first);
+        acquire(dir.path()).expect("free again");
+    }
+}

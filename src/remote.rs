@@ -1,0 +1,344 @@
+//! What a remote is: parsing the SPEC's remote forms into a [`Remote`], and masking the
+//! credentials a URL may carry before it is ever printed.
+//!
+//! The rule that decides the kind comes from the SPEC: a URL whose path has a segment ending
+//! in `.git` is git; otherwise the scheme decides; a string without a scheme is a local path
+//! (or, in the scp-like form `user@host:org/app.git`, git).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use url::Url;
+
+/// A parsed remote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remote {
+    /// A ZIP over HTTP(S). The URL may carry Basic-auth credentials.
+    Http(Url),
+    /// A ZIP object in S3 (or an S3-compatible store).
+    S3 { bucket: String, key: String },
+    /// A git repository.
+    Git(GitRemote),
+    /// A local ZIP file or directory (absolute path).
+    Local(PathBuf),
+}
+
+/// A git remote: repository URL (as git understands it), optional sub-directory and ref.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitRemote {
+    /// What `git fetch` is given: `ssh://…`, `https://…`, `git://…`, `file://…` or scp-like.
+    pub url: String,
+    /// The sub-directory to deploy, without leading or trailing `/`; `None` for the whole tree.
+    pub path: Option<String>,
+    /// Branch or tag after `#`; `None` for the remote's default branch (HEAD).
+    pub reference: Option<String>,
+}
+
+impl Remote {
+    /// A short name for the kind of remote, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Remote::Http(_) => "http",
+            Remote::S3 { .. } => "s3",
+            Remote::Git(_) => "git",
+            Remote::Local(_) => "local",
+        }
+    }
+}
+
+/// Why a remote string was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RemoteError {
+    #[error("remote is empty: set `remote` to a URL or path")]
+    Empty,
+    #[error("remote {0}: not a valid URL: {1}")]
+    BadUrl(String, String),
+    #[error(
+        "remote {0}: unsupported scheme `{1}` (use http(s)://, s3://, a git URL, file:// or a path)"
+    )]
+    Scheme(String, String),
+    #[error("remote {0}: an S3 remote needs a bucket and a key, as s3://bucket/path/to/app.zip")]
+    S3Form(String),
+    #[error("remote {0}: empty ref after `#`; write `#branch` or leave it out")]
+    EmptyRef(String),
+}
+
+/// Parse a remote string (after `{id}` substitution). Relative local paths are resolved
+/// against `cwd`.
+pub fn parse(input: &str, cwd: &Path) -> Result<Remote, RemoteError> {
+    let input = input.trim();
+    if input.is_empty() {
+        return Err(RemoteError::Empty);
+    }
+    let shown = mask(input);
+    if let Some(scheme_end) = input.find("://") {
+        let scheme = input[..scheme_end].to_ascii_lowercase();
+        return match scheme.as_str() {
+            "git" | "ssh" | "git+ssh" | "git+https" | "git+http" | "git+file" => {
+                let url = if scheme.starts_with("git+") { &input[4..] } else { input };
+                split_git(url, &shown).map(Remote::Git)
+            }
+            _ if has_git_segment(url_path(input)) => split_git(input, &shown).map(Remote::Git),
+            "http" | "https" => Url::parse(input)
+                .map(Remote::Http)
+                .map_err(|e| RemoteError::BadUrl(shown, e.to_string())),
+            "s3" => parse_s3(input, &shown),
+            "file" => {
+                let url = Url::parse(input).map_err(|e| RemoteError::BadUrl(shown.clone(), e.to_string()))?;
+                url.to_file_path()
+                    .map(Remote::Local)
+                    .map_err(|()| RemoteError::BadUrl(shown, "not a local file URL".into()))
+            }
+            other => Err(RemoteError::Scheme(shown, other.to_string())),
+        };
+    }
+    if is_scp_like(input) {
+        return split_git(input, &shown).map(Remote::Git);
+    }
+    Ok(Remote::Local(cwd.join(input)))
+}
+
+fn parse_s3(input: &str, shown: &str) -> Result<Remote, RemoteError> {
+    let rest = &input["s3://".len()..];
+    let (bucket, key) = rest.split_once('/').ok_or_else(|| RemoteError::S3Form(shown.into()))?;
+    if bucket.is_empty() || key.is_empty() || key.ends_with('/') {
+        return Err(RemoteError::S3Form(shown.into()));
+    }
+    Ok(Remote::S3 { bucket: bucket.into(), key: key.into() })
+}
+
+/// The path part of a URL-like string: after the authority, before `?` or `#`.
+fn url_path(input: &str) -> &str {
+    let after_scheme = input.find("://").map_or(input, |i| &input[i + 3..]);
+    let path = after_scheme.find('/').map_or("", |i| &after_scheme[i..]);
+    let end = path.find(['?', '#']).unwrap_or(path.len());
+    &path[..end]
+}
+
+fn has_git_segment(path: &str) -> bool {
+    path.split('/').any(|seg| seg.len() > 4 && seg.ends_with(".git"))
+}
+
+/// `user@host:org/app.git`: no scheme, a `:` before the first `/`, and a user or a `.git`.
+fn is_scp_like(input: &str) -> bool {
+    let Some(colon) = input.find(':') else { return false };
+    let host_part = &input[..colon];
+    if host_part.is_empty() || host_part.contains('/') {
+        return false;
+    }
+    host_part.contains('@') || has_git_segment(&input[colon + 1..])
+}
+
+/// Split `URL/app.git/sub/dir#ref` into the repository URL, the sub-directory and the ref.
+fn split_git(input: &str, shown: &str) -> Result<GitRemote, RemoteError> {
+    let (body, reference) = match input.rsplit_once('#') {
+        Some((_, "")) => return Err(RemoteError::EmptyRef(shown.into())),
+        Some((b, r)) => (b, Some(r.to_string())),
+        None => (input, None),
+    };
+    // Find the first path segment that ends in `.git`; what follows is the sub-directory.
+    let path_start = body.find("://").map_or_else(
+        || body.find(':').map_or(0, |i| i + 1),
+        |i| body[i + 3..].find('/').map_or(body.len(), |j| i + 3 + j),
+    );
+    let mut offset = path_start;
+    let mut split = None;
+    for seg in body[path_start..].split('/') {
+        let end = offset + seg.len();
+        if seg.len() > 4 && seg.ends_with(".git") {
+            split = Some(end);
+            break;
+        }
+        offset = end + 1;
+    }
+    let (url, path) = match split {
+        Some(end) => {
+            let sub = body[end..].trim_matches('/');
+            (&body[..end], (!sub.is_empty()).then(|| sub.to_string()))
+        }
+        None => (body, None),
+    };
+    Ok(GitRemote { url: url.to_string(), path, reference })
+}
+
+/// Query parameters whose values are secrets (pre-signed URLs, API tokens).
+const SECRET_PARAMS: &[&str] =
+    &["signature", "token", "password", "secret", "credential", "key", "auth", "sig"];
+
+/// Mask credentials in a remote string: the whole user-info part of a URL becomes `***`, and
+/// so do the values of query parameters that look like secrets. Anything printed goes
+/// through this first.
+pub fn mask(input: &str) -> String {
+    let Some(scheme_end) = input.find("://") else { return input.to_string() };
+    let auth_start = scheme_end + 3;
+    let auth_end = input[auth_start..].find(['/', '?', '#']).map_or(input.len(), |i| auth_start + i);
+    let mut out = String::with_capacity(input.len());
+    out.push_str(&input[..auth_start]);
+    let authority = &input[auth_start..auth_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            out.push_str("***");
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
+    }
+    let rest = &input[auth_end..];
+    match rest.split_once('?') {
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            let (query, fragment) = match query.split_once('#') {
+                Some((q, f)) => (q, Some(f)),
+                None => (query, None),
+            };
+            let masked: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if is_secret_param(k) => format!("{k}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            out.push_str(&masked.join("&"));
+            if let Some(f) = fragment {
+                out.push('#');
+                out.push_str(f);
+            }
+        }
+        None => out.push_str(rest),
+    }
+    out
+}
+
+fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_PARAMS.iter().any(|s| name.contains(s))
+}
+
+/// The secrets a remote string carries (user-info and secret query values), so the log
+/// writer can mask them wherever they appear, even inside a library's error message.
+pub fn secrets(input: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Ok(url) = Url::parse(input) {
+        if let Some(p) = url.password() {
+            found.push(p.to_string());
+            if let Ok(decoded) = urlencoding_decode(p) {
+                found.push(decoded);
+            }
+        }
+        if !url.username().is_empty() {
+            found.push(url.username().to_string());
+        }
+        for (k, v) in url.query_pairs() {
+            if is_secret_param(&k) && !v.is_empty() {
+                found.push(v.into_owned());
+            }
+        }
+    }
+    found.retain(|s| s.len() >= 3);
+    found
+}
+
+fn urlencoding_decode(s: &str) -> Result<String, std::string::FromUtf8Error> {
+    let bytes: Vec<u8> = url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned().into_bytes())
+        .unwrap_or_default();
+    String::from_utf8(bytes)
+}
+
+impl fmt::Display for GitRemote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", mask(&self.url))?;
+        if let Some(p) = &self.path {
+            write!(f, "/{p}")?;
+        }
+        if let Some(r) = &self.reference {
+            write!(f, "#{r}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Remote {
+        parse(s, Path::new("/work")).expect(s)
+    }
+
+    fn git(url: &str, path: Option<&str>, reference: Option<&str>) -> Remote {
+        Remote::Git(GitRemote {
+            url: url.into(),
+            path: path.map(Into::into),
+            reference: reference.map(Into::into),
+        })
+    }
+
+    #[test]
+    fn http_zip() {
+        assert!(matches!(p("https://h.example/app.zip"), Remote::Http(_)));
+        assert!(matches!(p("http://u:p@h/a/app.zip?x=1"), Remote::Http(_)));
+    }
+
+    #[test]
+    fn s3_forms() {
+        assert_eq!(p("s3://b/path/to/app.zip"), Remote::S3 { bucket: "b".into(), key: "path/to/app.zip".into() });
+        assert!(parse("s3://bucket", Path::new("/")).is_err());
+        assert!(parse("s3://bucket/", Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn git_forms_from_the_spec() {
+        assert_eq!(p("git@host:org/app.git/path#branch"), git("git@host:org/app.git", Some("path"), Some("branch")));
+        assert_eq!(p("ssh://git@host/org/app.git"), git("ssh://git@host/org/app.git", None, None));
+        assert_eq!(p("git://host/org/app.git/a/b#v1"), git("git://host/org/app.git", Some("a/b"), Some("v1")));
+        assert_eq!(p("git+ssh://host/org/app.git"), git("ssh://host/org/app.git", None, None));
+        assert_eq!(p("git+https://host/org/app.git#main"), git("https://host/org/app.git", None, Some("main")));
+        assert_eq!(p("https://host/org/app.git/path#branch"), git("https://host/org/app.git", Some("path"), Some("branch")));
+        assert_eq!(p("file:///srv/app.git#branch"), git("file:///srv/app.git", None, Some("branch")));
+        assert_eq!(p("git://host/repo"), git("git://host/repo", None, None));
+    }
+
+    #[test]
+    fn git_only_as_a_segment_suffix() {
+        assert!(matches!(p("https://host/.github/app.zip"), Remote::Http(_)));
+        assert!(matches!(p("https://host/app.gitx/a.zip"), Remote::Http(_)));
+    }
+
+    #[test]
+    fn local_forms() {
+        assert_eq!(p("file:///srv/app.zip"), Remote::Local("/srv/app.zip".into()));
+        assert_eq!(p("/srv/app.zip"), Remote::Local("/srv/app.zip".into()));
+        assert_eq!(p("./site/"), Remote::Local("/work/./site/".into()));
+    }
+
+    #[test]
+    fn unknown_scheme_and_empty_ref_are_errors() {
+        assert!(matches!(parse("ftp://h/a.zip", Path::new("/")), Err(RemoteError::Scheme(..))));
+        assert!(matches!(parse("git://h/a.git#", Path::new("/")), Err(RemoteError::EmptyRef(_))));
+        assert_eq!(parse("  ", Path::new("/")), Err(RemoteError::Empty));
+    }
+
+    #[test]
+    fn masking_hides_userinfo_and_secret_params() {
+        assert_eq!(mask("https://user:pa55@h.example/app.zip"), "https://***@h.example/app.zip");
+        assert_eq!(mask("https://tok3n@h/app.git#main"), "https://***@h/app.git#main");
+        assert_eq!(
+            mask("https://h/a.zip?X-Amz-Signature=abc&x=1#f"),
+            "https://h/a.zip?X-Amz-Signature=***&x=1#f"
+        );
+        assert_eq!(mask("/srv/app.zip"), "/srv/app.zip");
+        let err = parse("ftp://u:s3cr3t@h/", Path::new("/")).expect_err("scheme");
+        assert!(!err.to_string().contains("s3cr3t"));
+    }
+
+    #[test]
+    fn secrets_are_listed_for_the_log_writer() {
+        let s = secrets("https://user:p%40ss@h/a.zip?token=xyz1");
+        assert!(s.contains(&"p%40ss".to_string()));
+        assert!(s.contains(&"p@ss".to_string()));
+        assert!(s.contains(&"xyz1".to_string()));
+    }
+}

@@ -1,0 +1,152 @@
+//! A local ZIP file or directory: the built-in quick start and the fastest way to try the
+//! tool. A check compares cheap metadata first (size and mtime of the file; paths, sizes,
+//! modes and mtimes of a tree) and hashes the content only when that changed; the cycle then
+//! compares that hash with the live release's, so touching a file does not redeploy it.
+//!
+//! Replace a local remote atomically (write a new file, then rename it into place): the agent
+//! reads the path as it is when the check runs.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::{Artifact, Content, Fetched};
+use crate::state::Stamp;
+
+#[derive(Debug)]
+pub struct LocalSource {
+    path: PathBuf,
+}
+
+impl LocalSource {
+    pub fn new(path: &Path) -> LocalSource {
+        LocalSource { path: path.to_path_buf() }
+    }
+
+    pub async fn fetch(&self, known: Option<&Stamp>, cancel: &CancellationToken) -> Result<Fetched> {
+        let path = self.path.clone();
+        let known = known.and_then(|s| s.local.clone());
+        let cancel = cancel.clone();
+        tokio::task::spawn_blocking(move || fetch_blocking(&path, known.as_deref(), &cancel))
+            .await
+            .context("local remote check panicked")?
+    }
+}
+
+fn fetch_blocking(path: &Path, known: Option<&str>, cancel: &CancellationToken) -> Result<Fetched> {
+    let meta = fs::metadata(path).with_context(|| format!("cannot read the local remote {}", path.display()))?;
+    let (content, stamp) = if meta.is_dir() {
+        (Content::Dir(path.to_path_buf()), tree_digest(path, false, cancel)?)
+    } else if meta.is_file() {
+        (Content::Zip(path.to_path_buf()), format!("{}:{}:{}", meta.len(), meta.mtime(), meta.mtime_nsec()))
+    } else {
+        bail!("the local remote {} is neither a ZIP file nor a directory", path.display());
+    };
+    if known == Some(stamp.as_str()) {
+        return Ok(Fetched::Unchanged);
+    }
+    let sha256 = match &content {
+        Content::Dir(dir) => tree_digest(dir, true, cancel)?,
+        Content::Zip(file) => file_digest(file)?,
+    };
+    Ok(Fetched::New(Artifact {
+        content,
+        stamp: Stamp { version: sha256.clone(), etag: None, last_modified: None, local: Some(stamp) },
+        sha256,
+        _download: None,
+    }))
+}
+
+fn file_digest(path: &Path) -> Result<String> {
+    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// A digest of a tree: paths, types, modes and either (with `content`) the bytes of files and
+/// targets of links, or (without) sizes and mtimes, the cheap stamp.
+fn tree_digest(root: &Path, content: bool, cancel: &CancellationToken) -> Result<String> {
+    let mut hasher = Sha256::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        if cancel.is_cancelled() {
+            bail!("interrupted while reading {}", root.display());
+        }
+        let dir = root.join(&rel);
+        let mut entries: Vec<_> = fs::read_dir(&dir)
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .collect::<io::Result<_>>()
+            .with_context(|| format!("cannot list {}", dir.display()))?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let rel = rel.join(entry.file_name());
+            let path = root.join(&rel);
+            let meta = fs::symlink_metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            hasher.update(rel.as_os_str().as_encoded_bytes());
+            hasher.update([0]);
+            hasher.update(meta.mode().to_le_bytes());
+            if content {
+                if meta.is_file() {
+                    hasher.update(file_digest(&path)?.as_bytes());
+                } else if meta.file_type().is_symlink() {
+                    let target = fs::read_link(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                    hasher.update(target.as_os_str().as_encoded_bytes());
+                }
+            } else {
+                hasher.update(meta.size().to_le_bytes());
+                hasher.update(meta.mtime().to_le_bytes());
+                hasher.update(meta.mtime_nsec().to_le_bytes());
+            }
+            hasher.update([0]);
+            if meta.is_dir() {
+                stack.push(rel);
+            }
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_digest_sees_content_and_names() {
+        let d = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(d.path().join("a")).expect("mkdir");
+        fs::write(d.path().join("a/f"), b"one").expect("write");
+        let c = CancellationToken::new();
+        let first = tree_digest(d.path(), true, &c).expect("digest");
+        assert_eq!(first, tree_digest(d.path(), true, &c).expect("digest"));
+        fs::write(d.path().join("a/f"), b"two").expect("write");
+        let second = tree_digest(d.path(), true, &c).expect("digest");
+        assert_ne!(first, second);
+        fs::rename(d.path().join("a/f"), d.path().join("a/g")).expect("rename");
+        assert_ne!(second, tree_digest(d.path(), true, &c).expect("digest"));
+    }
+
+    #[test]
+    fn unchanged_stamp_reads_no_content() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let zip = d.path().join("app.zip");
+        fs::write(&zip, b"not really a zip").expect("write");
+        let c = CancellationToken::new();
+        let Fetched::New(a) = fetch_blocking(&zip, None, &c).expect("first") else { panic!("expected new") };
+        let stamp = a.stamp.local.clone();
+        assert!(matches!(fetch_blocking(&zip, stamp.as_deref(), &c).expect("second"), Fetched::Unchanged));
+        assert!(fetch_blocking(&d.path().join("missing.zip"), None, &c).is_err());
+    }
+}

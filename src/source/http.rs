@@ -1,0 +1,176 @@
+//! A ZIP over HTTP(S): one conditional GET per check (If-None-Match on the ETag, else
+//! If-Modified-Since), streamed into the cache with the length checked and the content hashed
+//! on the way. rustls with the platform's certificate store; redirects are bounded; Basic auth
+//! comes from the URL and is never printed.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_LENGTH, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use super::{Artifact, CacheFile, Content, Fetched};
+use crate::config::Settings;
+use crate::state::Stamp;
+
+#[derive(Debug)]
+pub struct HttpSource {
+    client: reqwest::Client,
+    /// The URL without credentials.
+    url: Url,
+    user: Option<(String, Option<String>)>,
+    /// The URL as printed (credentials masked).
+    shown: String,
+    cache: std::path::PathBuf,
+    stall: Duration,
+}
+
+/// The version id of an ETag: without `W/` and quotes.
+pub fn etag_version(etag: &str) -> String {
+    etag.trim().trim_start_matches("W/").trim_matches('"').to_string()
+}
+
+impl HttpSource {
+    pub fn new(url: &Url, settings: &Settings) -> Result<HttpSource> {
+        let mut bare = url.clone();
+        let user = if url.username().is_empty() && url.password().is_none() {
+            None
+        } else {
+            let decode = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default();
+            Some((decode(url.username()), url.password().map(decode)))
+        };
+        let _ = bare.set_username("");
+        let _ = bare.set_password(None);
+        let client = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .read_timeout(settings.stall_timeout)
+            .redirect(reqwest::redirect::Policy::limited(10))
+            .user_agent(concat!("repo-deploy/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("cannot set up the HTTP client")?;
+        Ok(HttpSource {
+            client,
+            url: bare,
+            user,
+            shown: settings.remote_display.clone(),
+            cache: settings.cache.clone(),
+            stall: settings.stall_timeout,
+        })
+    }
+
+    pub async fn fetch(&self, known: Option<&Stamp>, cancel: &CancellationToken) -> Result<Fetched> {
+        let mut req = self.client.get(self.url.clone());
+        if let Some((user, pass)) = &self.user {
+            req = req.basic_auth(user, pass.as_ref());
+        }
+        if let Some(stamp) = known {
+            if let Some(etag) = &stamp.etag {
+                req = req.header(IF_NONE_MATCH, etag);
+            } else if let Some(lm) = &stamp.last_modified {
+                req = req.header(IF_MODIFIED_SINCE, lm);
+            }
+        }
+        let shown = &self.shown;
+        let mut resp = tokio::select! {
+            r = req.send() => r.map_err(|e| anyhow!("cannot reach {shown}: {}", describe(&e)))?,
+            () = cancel.cancelled() => bail!("interrupted while contacting {shown}"),
+        };
+        let status = resp.status();
+        if status == StatusCode::NOT_MODIFIED {
+            if known.is_some() {
+                return Ok(Fetched::Unchanged);
+            }
+            bail!("{shown} answered 304 Not Modified to an unconditional request");
+        }
+        if !status.is_success() {
+            let hint = match status {
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ": check the credentials in the remote URL",
+                StatusCode::NOT_FOUND => ": check the remote URL (and `{id}`)",
+                _ => "",
+            };
+            bail!("{shown} answered {status}{hint}");
+        }
+        let header = |name| resp.headers().get(name).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok()).map(str::to_string);
+        let etag = header(ETAG);
+        let last_modified = header(LAST_MODIFIED);
+        let expected: Option<u64> = header(CONTENT_LENGTH).and_then(|v| v.parse().ok());
+
+        let download = CacheFile::new(&self.cache, ".zip")?;
+        let mut file = tokio::fs::File::create(download.path())
+            .await
+            .with_context(|| format!("cannot create {}", download.path().display()))?;
+        let mut hasher = Sha256::new();
+        let mut received: u64 = 0;
+        loop {
+            let chunk = tokio::select! {
+                c = tokio::time::timeout(self.stall, resp.chunk()) => match c {
+                    Err(_) => bail!("download of {shown} stalled: nothing received for {}s (stall-timeout)", self.stall.as_secs()),
+                    Ok(c) => c.map_err(|e| anyhow!("download of {shown} failed after {received} bytes: {}", describe(&e)))?,
+                },
+                () = cancel.cancelled() => bail!("interrupted while downloading {shown}"),
+            };
+            let Some(chunk) = chunk else { break };
+            received += chunk.len() as u64;
+            if let Some(n) = expected
+                && received > n
+            {
+                bail!("download of {shown} is longer than its Content-Length ({n} bytes)");
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.with_context(|| format!("cannot write {}", download.path().display()))?;
+        }
+        if let Some(n) = expected
+            && received != n
+        {
+            bail!("download of {shown} is truncated: {received} of {n} bytes (Content-Length)");
+        }
+        file.flush().await.with_context(|| format!("cannot write {}", download.path().display()))?;
+        drop(file);
+        let sha256 = hex::encode(hasher.finalize());
+        let version = etag.as_deref().map(etag_version).filter(|v| !v.is_empty()).unwrap_or_else(|| sha256.clone());
+        tracing::debug!("downloaded {received} bytes from {shown}");
+        Ok(Fetched::New(Artifact {
+            content: Content::Zip(download.path().to_path_buf()),
+            stamp: Stamp { version, etag, last_modified, local: None },
+            sha256,
+            _download: Some(download),
+        }))
+    }
+}
+
+/// A reqwest error as one line, without the URL (which the caller prints masked) and with
+/// its causes.
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_redirect() {
+        "too many redirects".to_string()
+    } else if e.is_connect() {
+        "connection failed".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::etag_version;
+
+    #[test]
+    fn etag_versions_lose_quotes_and_weakness() {
+        assert_eq!(etag_version("\"5f1-abc\""), "5f1-abc");
+        assert_eq!(etag_version("W/\"5f1\""), "5f1");
+        assert_eq!(etag_version("bare"), "bare");
+    }
+}

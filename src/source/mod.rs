@@ -1,0 +1,137 @@
+//! What a remote is, as far as a check is concerned: a [`Source`] answers "has it changed
+//! since this stamp?" and, when it has, hands over the new content (a ZIP in the cache or a
+//! directory) with its version and content hash.
+//!
+//! For HTTP and S3 the question and the download are one conditional request, so a source
+//! has a single `fetch`. Adding a remote kind touches only this folder and `remote.rs`.
+
+mod file;
+mod http;
+pub mod s3;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::remote::Remote;
+use crate::state::Stamp;
+use crate::unpack::{self, Limits, Summary, UnpackError};
+
+/// What a check found.
+#[derive(Debug)]
+pub enum Fetched {
+    /// The remote still holds the version of `stamp`: nothing was downloaded.
+    Unchanged,
+    /// New content, ready to unpack.
+    New(Artifact),
+}
+
+/// The new content of a remote.
+#[derive(Debug)]
+pub struct Artifact {
+    pub content: Content,
+    /// Validators and version id, stored once the version is live.
+    pub stamp: Stamp,
+    /// SHA-256 of the content (the ZIP's bytes, or the tree's digest).
+    pub sha256: String,
+    /// A downloaded file in the cache, deleted when the artifact is dropped.
+    _download: Option<CacheFile>,
+}
+
+/// Where the content is.
+#[derive(Debug, Clone)]
+pub enum Content {
+    Zip(PathBuf),
+    Dir(PathBuf),
+}
+
+impl Artifact {
+    /// Write the content into `dest` (an empty staging directory), by the unpacking rules.
+    /// Blocking: run it on a blocking thread.
+    pub fn extract_into(&self, dest: &Path, limits: &Limits, cancel: &CancellationToken) -> Result<Summary, UnpackError> {
+        match &self.content {
+            Content::Zip(zip) => unpack::unpack_zip(zip, dest, limits, cancel),
+            Content::Dir(tree) => unpack::copy_tree(tree, dest, limits, cancel),
+        }
+    }
+}
+
+/// A configured remote.
+#[derive(Debug)]
+pub enum Source {
+    Http(http::HttpSource),
+    S3(s3::S3Source),
+    Local(file::LocalSource),
+}
+
+impl Source {
+    /// Build the source for the configured remote.
+    pub async fn new(settings: &Settings) -> Result<Source> {
+        match &settings.remote {
+            Remote::Http(url) => Ok(Source::Http(http::HttpSource::new(url, settings)?)),
+            Remote::S3 { bucket, key } => Ok(Source::S3(s3::S3Source::new(bucket, key, settings).await?)),
+            Remote::Local(path) => Ok(Source::Local(file::LocalSource::new(path))),
+            other => anyhow::bail!("{} remotes are not supported yet", other.kind()),
+        }
+    }
+
+    /// Ask the remote for anything newer than `known`; download it if there is.
+    pub async fn fetch(&self, known: Option<&Stamp>, cancel: &CancellationToken) -> Result<Fetched> {
+        match self {
+            Source::Http(s) => s.fetch(known, cancel).await,
+            Source::S3(s) => s.fetch(known, cancel).await,
+            Source::Local(s) => s.fetch(known, cancel).await,
+        }
+    }
+}
+
+/// A file in the cache directory that is deleted when dropped: downloads never outlive the
+/// check that made them.
+#[derive(Debug)]
+pub struct CacheFile {
+    path: PathBuf,
+}
+
+impl CacheFile {
+    /// A fresh name for a download in `cache` (created if needed).
+    fn new(cache: &Path, suffix: &str) -> Result<CacheFile> {
+        fs::create_dir_all(cache).with_context(|| format!("cannot create cache directory {}", cache.display()))?;
+        let name = format!("download-{}-{:08x}{suffix}", std::process::id(), rand::random::<u32>());
+        Ok(CacheFile { path: cache.join(name) })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for CacheFile {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_file(&self.path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!("cannot remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Delete downloads left in the cache by an interrupted run. Call under the deploy lock.
+pub fn sweep_cache(cache: &Path) -> io::Result<()> {
+    let entries = match fs::read_dir(cache) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with("download-") {
+            tracing::info!("removed leftover download {}", entry.path().display());
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
