@@ -1,0 +1,300 @@
+//! A ZIP object in S3 or an S3-compatible store: one conditional GetObject per check
+//! (`If-None-Match` on the ETag), streamed into the cache with the length checked, and ranged
+//! reads for incremental downloads.
+//!
+//! Credentials, first found wins (the SPEC's order): `aws-access-key`/`aws-secret-key` from
+//! the configuration; `~/.amazon/account-key` of the running user; then the AWS SDK's standard
+//! chain (environment, shared credentials/config files with profiles, web identity,
+//! container credentials, the EC2 instance role through IMDSv2, refreshed before expiry). The
+//! chain is the SDK's, not ours: credential handling is not something to write by hand.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{Credentials, Region};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{Artifact, CacheFile, Content, Fetched};
+use crate::config::Settings;
+use crate::state::Stamp;
+
+/// An S3 object and a client with its credentials.
+#[derive(Debug)]
+pub struct S3Source {
+    client: Client,
+    bucket: String,
+    key: String,
+    /// `s3://bucket/key`, for messages.
+    shown: String,
+    /// Where the credentials come from, for messages (never the secret).
+    credentials: String,
+    endpoint: Option<String>,
+    cache: PathBuf,
+    stall: Duration,
+}
+
+/// Static keys from `~/.amazon/account-key` (`accessKey=…`, `secretKey=…` lines).
+fn account_key_file(home: &Path) -> Result<Option<(String, String)>> {
+    let path = home.join(".amazon/account-key");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(anyhow!(e).context(format!("cannot read {}", path.display()))),
+    };
+    let (mut access, mut secret) = (None, None);
+    for line in text.lines() {
+        if let Some((k, v)) = line.split_once('=') {
+            match k.trim() {
+                "accessKey" => access = Some(v.trim().to_string()),
+                "secretKey" => secret = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+    }
+    match (access, secret) {
+        (Some(a), Some(s)) if !a.is_empty() && !s.is_empty() => Ok(Some((a, s))),
+        _ => bail!("{} needs both accessKey= and secretKey= lines", path.display()),
+    }
+}
+
+/// The home directory of the running user: `$HOME`, else the password database.
+fn home_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from)
+}
+
+/// A name for the part of the standard chain that will most likely answer, for messages.
+fn chain_description() -> String {
+    let set = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
+    let part = if set("AWS_ACCESS_KEY_ID") {
+        "environment variables AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+    } else if set("AWS_PROFILE") {
+        "the shared credentials/config files (AWS_PROFILE)"
+    } else if set("AWS_WEB_IDENTITY_TOKEN_FILE") {
+        "a web identity token (AWS_WEB_IDENTITY_TOKEN_FILE)"
+    } else if set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") || set("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
+        "container credentials"
+    } else if home_dir().is_some_and(|h| h.join(".aws/credentials").exists() || h.join(".aws/config").exists()) {
+        "the shared credentials/config files in ~/.aws"
+    } else {
+        "the EC2 instance role (IMDSv2)"
+    };
+    format!("the standard AWS chain ({part})")
+}
+
+impl S3Source {
+    pub async fn new(bucket: &str, key: &str, settings: &Settings) -> Result<S3Source> {
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(settings.connect_timeout)
+            .read_timeout(settings.stall_timeout)
+            .build();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
+        let credentials = match (&settings.aws.access_key, &settings.aws.secret_key) {
+            (Some(a), Some(s)) => {
+                loader = loader.credentials_provider(Credentials::new(a, s, None, None, "repo-deploy configuration"));
+                "the configuration (aws-access-key)".to_string()
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                bail!("aws-access-key and aws-secret-key go together: set both, or neither to use ~/.amazon/account-key or the AWS chain")
+            }
+            (None, None) => match home_dir().map(|h| account_key_file(&h)).transpose()?.flatten() {
+                Some((a, s)) => {
+                    crate::logging::register_secret(&s);
+                    crate::logging::register_secret(&a);
+                    loader = loader.credentials_provider(Credentials::new(a, s, None, None, "~/.amazon/account-key"));
+                    "~/.amazon/account-key".to_string()
+                }
+                None => chain_description(),
+            },
+        };
+        let env_region = ["AWS_REGION", "AWS_DEFAULT_REGION"].iter().any(|v| std::env::var_os(v).is_some());
+        if let Some(region) = &settings.aws.region {
+            loader = loader.region(Region::new(region.clone()));
+        } else if settings.aws.endpoint.is_some() && !env_region {
+            // An S3-compatible store: no need to ask a profile or the instance metadata
+            // service for a region; most stores accept any, and sign with us-east-1.
+            loader = loader.region(Region::new("us-east-1"));
+        }
+        if let Some(endpoint) = &settings.aws.endpoint {
+            loader = loader.endpoint_url(endpoint.clone());
+        }
+        let shared = loader.load().await;
+        let mut conf = aws_sdk_s3::config::Builder::from(&shared);
+        if shared.region().is_none() {
+            // S3-compatible stores rarely care; AWS itself redirects. A region is needed to sign.
+            conf = conf.region(Region::new("us-east-1"));
+        }
+        if settings.aws.endpoint.is_some() {
+            conf = conf.force_path_style(true);
+        }
+        Ok(S3Source {
+            client: Client::from_conf(conf.build()),
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            shown: format!("s3://{bucket}/{key}"),
+            credentials,
+            endpoint: settings.aws.endpoint.clone(),
+            cache: settings.cache.clone(),
+            stall: settings.stall_timeout,
+        })
+    }
+
+    pub async fn fetch(&self, known: Option<&Stamp>, cancel: &CancellationToken) -> Result<Fetched> {
+        let mut req = self.client.get_object().bucket(&self.bucket).key(&self.key);
+        if let Some(etag) = known.and_then(|s| s.etag.as_ref()) {
+            req = req.if_none_match(etag);
+        }
+        let shown = &self.shown;
+        let resp = tokio::select! {
+            r = req.send() => r,
+            () = cancel.cancelled() => bail!("interrupted while contacting {shown}"),
+        };
+        let mut resp = match resp {
+            Ok(r) => r,
+            Err(e) if status_of(&e) == Some(304) && known.is_some() => return Ok(Fetched::Unchanged),
+            Err(e) => return Err(self.explain(&e)),
+        };
+        let etag = resp.e_tag().map(str::to_string);
+        let expected = resp.content_length().and_then(|n| u64::try_from(n).ok());
+        let download = CacheFile::new(&self.cache, ".zip")?;
+        let mut file = tokio::fs::File::create(download.path())
+            .await
+            .with_context(|| format!("cannot create {}", download.path().display()))?;
+        let mut hasher = Sha256::new();
+        let mut received: u64 = 0;
+        loop {
+            let chunk = tokio::select! {
+                c = tokio::time::timeout(self.stall, resp.body.next()) => match c {
+                    Err(_) => bail!("download of {shown} stalled: nothing received for {}s (stall-timeout)", self.stall.as_secs()),
+                    Ok(None) => break,
+                    Ok(Some(c)) => c.map_err(|e| anyhow!("download of {shown} failed after {received} bytes: {e}"))?,
+                },
+                () = cancel.cancelled() => bail!("interrupted while downloading {shown}"),
+            };
+            received += chunk.len() as u64;
+            if expected.is_some_and(|n| received > n) {
+                bail!("download of {shown} is longer than its Content-Length");
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.with_context(|| format!("cannot write {}", download.path().display()))?;
+        }
+        if let Some(n) = expected
+            && received != n
+        {
+            bail!("download of {shown} is truncated: {received} of {n} bytes (Content-Length)");
+        }
+        file.flush().await.with_context(|| format!("cannot write {}", download.path().display()))?;
+        drop(file);
+        let sha256 = hex::encode(hasher.finalize());
+        let version = etag.as_deref().map(super::http::etag_version).filter(|v| !v.is_empty()).unwrap_or_else(|| sha256.clone());
+        tracing::debug!("downloaded {received} bytes from {shown}");
+        Ok(Fetched::New(Artifact {
+            content: Content::Zip(download.path().to_path_buf()),
+            stamp: Stamp { version, etag, last_modified: None, local: None },
+            sha256,
+            _download: Some(download),
+        }))
+    }
+
+    /// Read bytes `start..end` (end exclusive) of the object, if it still has `etag`.
+    /// For incremental downloads: the central directory and changed entries only.
+    pub async fn read_range(&self, start: u64, end: u64, etag: Option<&str>) -> Result<Vec<u8>> {
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let mut req = self.client.get_object().bucket(&self.bucket).key(&self.key).range(format!("bytes={start}-{}", end - 1));
+        if let Some(etag) = etag {
+            req = req.if_match(etag);
+        }
+        let resp = req.send().await.map_err(|e| self.explain(&e))?;
+        let bytes = resp
+            .body
+            .collect()
+            .await
+            .map_err(|e| anyhow!("reading bytes {start}-{end} of {} failed: {e}", self.shown))?
+            .into_bytes();
+        if bytes.len() as u64 != end - start {
+            bail!("{} answered {} bytes for the range {start}-{end}", self.shown, bytes.len());
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// One line that says what went wrong and what to do, naming the bucket, the key and the
+    /// credential source, never a secret.
+    fn explain<E: ProvideErrorMetadata + std::error::Error + 'static>(&self, e: &SdkError<E, HttpResponse>) -> anyhow::Error {
+        let (bucket, key, creds) = (&self.bucket, &self.key, &self.credentials);
+        let code = e.code().unwrap_or("");
+        let status = status_of(e);
+        match (code, status) {
+            ("AccessDenied", _) | (_, Some(403)) if !matches!(code, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken") => anyhow!(
+                "access denied to key {key} in bucket {bucket} with credentials from {creds}: allow s3:GetObject on arn:aws:s3:::{bucket}/{key} for them"
+            ),
+            ("NoSuchBucket", _) => anyhow!("no such bucket {bucket} (key {key}): check the remote URL and s3-endpoint/aws-region"),
+            ("NoSuchKey", _) | (_, Some(404)) => anyhow!("no such key {key} in bucket {bucket}: check the remote URL (and `{{id}}`)"),
+            ("ExpiredToken", _) | ("TokenRefreshRequired", _) => {
+                anyhow!("the credentials from {creds} have expired (bucket {bucket}, key {key}): renew them")
+            }
+            ("InvalidAccessKeyId", _) | ("SignatureDoesNotMatch", _) | ("InvalidToken", _) => anyhow!(
+                "the S3 endpoint refused the credentials from {creds} ({code}) for bucket {bucket}, key {key}: check the access key and secret"
+            ),
+            _ => match e {
+                SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => anyhow!(
+                    "cannot reach the S3 endpoint {} for bucket {bucket}, key {key}: {}",
+                    self.endpoint.as_deref().unwrap_or("of AWS"),
+                    chain(e)
+                ),
+                SdkError::ConstructionFailure(_) => anyhow!("cannot build the request for bucket {bucket}, key {key} with credentials from {creds}: {}", chain(e)),
+                _ => anyhow!(
+                    "S3 request for key {key} in bucket {bucket} failed{}{}: {}",
+                    status.map(|s| format!(" with HTTP {s}")).unwrap_or_default(),
+                    if code.is_empty() { String::new() } else { format!(" ({code})") },
+                    e.message().map_or_else(|| chain(e), str::to_string)
+                ),
+            },
+        }
+    }
+}
+
+fn status_of<E>(e: &SdkError<E, HttpResponse>) -> Option<u16> {
+    e.raw_response().map(|r| r.status().as_u16())
+}
+
+/// An error's causes as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_key_file_lines() {
+        let home = tempfile::tempdir().expect("tempdir");
+        assert!(account_key_file(home.path()).expect("absent").is_none());
+        std::fs::create_dir(home.path().join(".amazon")).expect("mkdir");
+        let file = home.path().join(".amazon/account-key");
+        std::fs::write(&file, "# keys\naccessKey=AKIAEXAMPLE\nsecretKey = s3cr3t/key\n").expect("write");
+        assert_eq!(
+            account_key_file(home.path()).expect("read"),
+            Some(("AKIAEXAMPLE".to_string(), "s3cr3t/key".to_string()))
+        );
+        std::fs::write(&file, "accessKey=AKIAEXAMPLE\n").expect("write");
+        let err = account_key_file(home.path()).expect_err("half a key");
+        assert!(err.to_string().contains("secretKey"), "{err}");
+    }
+}
