@@ -990,42 +990,13 @@ fn first_duplicate(reader: PosReader) -> String {
     )
 }
 
-/// CRC-32 (IEEE), slicing-by-8: the zip reader's own check cannot be told apart from its size
-/// check (both are `InvalidData` at the end), so we compute it ourselves.
+/// CRC-32 (IEEE) continued from `crc`: the zip reader's own check cannot be told apart from
+/// its size check (both are `InvalidData` at the end), so we compute it ourselves, with the
+/// same SIMD-accelerated crate the zip reader uses.
 fn crc32(crc: u32, data: &[u8]) -> u32 {
-    const TABLE: [[u32; 256]; 8] = {
-        let mut table = [[0u32; 256]; 8];
-        let mut i = 0;
-        while i < 256 * 8 {
-            let (slice, byte) = (i / 256, i % 256);
-            table[slice][byte] = if slice == 0 {
-                let mut c = byte as u32;
-                let mut k = 0;
-                while k < 8 {
-                    c = (c >> 1) ^ (0xEDB8_8320 & (c & 1).wrapping_neg());
-                    k += 1;
-                }
-                c
-            } else {
-                let prev = table[slice - 1][byte];
-                (prev >> 8) ^ table[0][(prev & 0xFF) as usize]
-            };
-            i += 1;
-        }
-        table
-    };
-    let mut crc = !crc;
-    let mut chunks = data.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        let word = (u64::from_le_bytes(word) ^ u64::from(crc)).to_le_bytes();
-        crc = (0..8).fold(0, |acc, k| acc ^ TABLE[7 - k][usize::from(word[k])]);
-    }
-    for &byte in chunks.remainder() {
-        crc = TABLE[0][((crc ^ u32::from(byte)) & 0xFF) as usize] ^ (crc >> 8);
-    }
-    !crc
+    let mut hasher = crc32fast::Hasher::new_with_initial(crc);
+    hasher.update(data);
+    hasher.finalize()
 }
 
 /// A cloneable `Read + Seek` over a shared file using `pread`, so each worker's `ZipArchive`
