@@ -168,3 +168,351 @@ mod tests {
         assert!(fs::symlink_metadata(dir.path().join(".other")).is_ok());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Activation modes
+
+/// How `current` is made to show a release (`activate = …`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// `current` is a symlink to the release, replaced by `rename(2)`: atomic.
+    #[default]
+    Symlink,
+    /// `current` is a real directory, swapped with the release by
+    /// `renameat2(RENAME_EXCHANGE)`: atomic, for applications that cannot follow a symlink.
+    Exchange,
+    /// `current` is a real directory whose files are replaced in place (each by rename,
+    /// removals last): NOT atomic as a whole, for applications that watch the directory's
+    /// inode.
+    Sync,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s.trim() {
+            "symlink" => Ok(Mode::Symlink),
+            "exchange" => Ok(Mode::Exchange),
+            "sync" => Ok(Mode::Sync),
+            _ => Err("expected symlink, exchange or sync".into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Symlink => "symlink",
+            Mode::Exchange => "exchange",
+            Mode::Sync => "sync",
+        })
+    }
+}
+
+/// The live release: its name under `releases/`, and where its files are now (the release
+/// directory, or `current` itself in exchange mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRelease {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// Where things are after a switch, for the post-update hooks and a rollback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Switched {
+    /// The new live release's files.
+    pub current: PathBuf,
+    /// The previous live release's files, if there was one.
+    pub previous: Option<PathBuf>,
+}
+
+/// In exchange and sync modes `current` is a directory, so the name of the release it holds is
+/// kept in `${directory}/active.json`, with the switch in progress (if any) so that a crash
+/// in the middle is resolved at the next start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Marker {
+    name: Option<String>,
+    #[serde(default)]
+    pending: Option<Pending>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Pending {
+    to: String,
+    from: Option<String>,
+    /// Inode of the new release's directory: after an exchange, `current` has it.
+    to_ino: u64,
+}
+
+/// The switch of `current` in the configured mode.
+#[derive(Debug, Clone)]
+pub struct Activator {
+    mode: Mode,
+    local: PathBuf,
+    directory: PathBuf,
+}
+
+fn name_of(path: &Path) -> io::Result<String> {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| io::Error::other(format!("{} has no name", path.display())))
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Activator {
+    /// The activator of the configured `activate` mode, `local` and `directory`.
+    pub fn for_settings(settings: &crate::config::Settings) -> Activator {
+        Activator::new(settings.activate, &settings.local, &settings.directory)
+    }
+
+    pub fn new(mode: Mode, local: &Path, directory: &Path) -> Activator {
+        Activator { mode, local: local.to_path_buf(), directory: directory.to_path_buf() }
+    }
+
+    fn releases(&self) -> PathBuf {
+        self.directory.join("releases")
+    }
+
+    fn marker_path(&self) -> PathBuf {
+        self.directory.join("active.json")
+    }
+
+    fn marker(&self) -> io::Result<Marker> {
+        match fs::read(self.marker_path()) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| io::Error::other(format!("{}: {e}", self.marker_path().display()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Marker::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn save_marker(&self, marker: &Marker) -> io::Result<()> {
+        let tmp = self.directory.join(format!(".active.json.tmp-{}", std::process::id()));
+        let bytes = serde_json::to_vec(marker).map_err(io::Error::other)?;
+        let mut file = File::create(&tmp)?;
+        io::Write::write_all(&mut file, &bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, self.marker_path())?;
+        fsync_dir(&self.directory)
+    }
+
+    /// `current` as a real directory (exchange and sync modes), or `None` if absent.
+    fn local_dir(&self) -> io::Result<Option<fs::Metadata>> {
+        match fs::symlink_metadata(&self.local) {
+            Ok(m) if m.is_dir() => Ok(Some(m)),
+            Ok(_) => Err(io::Error::other(format!(
+                "{} is not a directory, but activate = {}: move it away (or set `local` elsewhere) and run again",
+                self.local.display(),
+                self.mode
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The live release, or `None` before the first deploy.
+    pub fn live(&self) -> io::Result<Option<LiveRelease>> {
+        match self.mode {
+            Mode::Symlink => live(&self.local)?.map(|path| Ok(LiveRelease { name: name_of(&path)?, path })).transpose(),
+            Mode::Exchange | Mode::Sync => {
+                if self.local_dir()?.is_none() {
+                    return Ok(None);
+                }
+                let Some(name) = self.marker()?.name else {
+                    return Err(io::Error::other(format!(
+                        "{} exists but repo-deploy did not make it (no {}): move it away and run again",
+                        self.local.display(),
+                        self.marker_path().display()
+                    )));
+                };
+                let path = if self.mode == Mode::Exchange { self.local.canonicalize()? } else { self.releases().canonicalize()?.join(&name) };
+                Ok(Some(LiveRelease { name, path }))
+            }
+        }
+    }
+
+    /// Make `release` (a directory under `releases/`) live.
+    pub fn switch(&self, release: &Path) -> io::Result<Switched> {
+        let before = self.live()?;
+        match self.mode {
+            Mode::Symlink => {
+                switch(&self.local, release)?;
+                Ok(Switched { current: release.to_path_buf(), previous: before.map(|l| l.path) })
+            }
+            Mode::Sync => {
+                let to = name_of(release)?;
+                self.save_marker(&Marker { name: before.as_ref().map(|l| l.name.clone()), pending: Some(Pending { to: to.clone(), from: None, to_ino: 0 }) })?;
+                crate::treesync::sync_tree(release, &self.local)?;
+                self.save_marker(&Marker { name: Some(to), pending: None })?;
+                Ok(Switched { current: release.to_path_buf(), previous: before.map(|l| l.path) })
+            }
+            Mode::Exchange => {
+                let to = name_of(release)?;
+                let to_ino = std::os::unix::fs::MetadataExt::ino(&fs::symlink_metadata(release)?);
+                let from = before.as_ref().map(|l| l.name.clone());
+                self.save_marker(&Marker { name: from.clone(), pending: Some(Pending { to: to.clone(), from: from.clone(), to_ino }) })?;
+                let previous = match &from {
+                    None => {
+                        fs::rename(release, &self.local)?;
+                        None
+                    }
+                    Some(from) => {
+                        rustix::fs::renameat_with(rustix::fs::CWD, release, rustix::fs::CWD, &self.local, rustix::fs::RenameFlags::EXCHANGE)?;
+                        // `release` now holds the previous files: give them their name back.
+                        let back = self.releases().join(from);
+                        fs::rename(release, &back)?;
+                        Some(back.canonicalize()?)
+                    }
+                };
+                fsync_dir(&self.releases())?;
+                fsync_dir(parent_of(&self.local))?;
+                self.save_marker(&Marker { name: Some(to), pending: None })?;
+                Ok(Switched { current: self.local.canonicalize()?, previous })
+            }
+        }
+    }
+
+    /// Undo a failed first deploy of `release`: nothing was live before, so `current` goes.
+    pub fn deactivate(&self, release: &Path) -> io::Result<()> {
+        match self.mode {
+            Mode::Symlink => deactivate(&self.local),
+            Mode::Exchange => {
+                fs::rename(&self.local, release)?;
+                fsync_dir(parent_of(&self.local))?;
+                self.save_marker(&Marker::default())
+            }
+            Mode::Sync => {
+                let trash = parent_of(&self.local).join(format!(".{}.trash-{}", name_of(&self.local)?, std::process::id()));
+                fs::rename(&self.local, &trash)?;
+                fs::remove_dir_all(&trash)?;
+                self.save_marker(&Marker::default())
+            }
+        }
+    }
+
+    /// At start, under the lock: remove temporary links, and finish or undo a switch that a
+    /// crash interrupted.
+    pub fn recover(&self) -> io::Result<()> {
+        sweep(&self.local)?;
+        let marker = self.marker()?;
+        let Some(pending) = marker.pending else { return Ok(()) };
+        match self.mode {
+            Mode::Symlink => self.save_marker(&Marker::default()),
+            Mode::Sync => {
+                // Sync again to whichever release still exists, preferring the new one.
+                let target = [Some(&pending.to), marker.name.as_ref()].into_iter().flatten().find(|n| self.releases().join(n).is_dir()).cloned();
+                if let Some(name) = target {
+                    tracing::info!("finishing the interrupted sync of {} to {name}", self.local.display());
+                    crate::treesync::sync_tree(&self.releases().join(&name), &self.local)?;
+                    self.save_marker(&Marker { name: Some(name), pending: None })
+                } else {
+                    self.save_marker(&Marker { name: marker.name, pending: None })
+                }
+            }
+            Mode::Exchange => {
+                let local_ino = self.local_dir()?.map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+                let name = if local_ino == Some(pending.to_ino) {
+                    // The exchange happened: the previous files may still sit under the new name.
+                    let stale = self.releases().join(&pending.to);
+                    if let (Some(from), true) = (&pending.from, stale.is_dir()) {
+                        fs::rename(&stale, self.releases().join(from))?;
+                    }
+                    Some(pending.to)
+                } else {
+                    pending.from
+                };
+                tracing::info!("resolved an interrupted switch of {}: {} is live", self.local.display(), name.as_deref().unwrap_or("nothing"));
+                self.save_marker(&Marker { name, pending: None })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use super::*;
+
+    fn setup(mode: Mode) -> (tempfile::TempDir, Activator, PathBuf, PathBuf) {
+        let d = tempfile::tempdir().expect("tempdir");
+        let root = d.path().canonicalize().expect("real");
+        let (a, b) = (root.join("releases/a"), root.join("releases/b"));
+        for (dir, text) in [(&a, "A"), (&b, "B")] {
+            fs::create_dir_all(dir).expect("mkdir");
+            fs::write(dir.join("f"), text).expect("write");
+        }
+        let act = Activator::new(mode, &root.join("current"), &root);
+        (d, act, a, b)
+    }
+
+    fn content(act: &Activator) -> String {
+        fs::read_to_string(act.local.join("f")).expect("current/f")
+    }
+
+    #[test]
+    fn every_mode_switches_and_switches_back() {
+        for mode in [Mode::Symlink, Mode::Exchange, Mode::Sync] {
+            let (_d, act, a, b) = setup(mode);
+            assert_eq!(act.live().expect("live"), None, "{mode}");
+            let s = act.switch(&a).expect("switch a");
+            assert_eq!(content(&act), "A", "{mode}");
+            assert_eq!(s.previous, None);
+            assert_eq!(act.live().expect("live").expect("some").name, "a", "{mode}");
+            let s = act.switch(&b).expect("switch b");
+            assert_eq!(content(&act), "B", "{mode}");
+            assert_eq!(fs::read_to_string(s.current.join("f")).expect("current"), "B", "{mode}");
+            let prev = s.previous.expect("previous");
+            assert_eq!(fs::read_to_string(prev.join("f")).expect("previous"), "A", "{mode}: previous files");
+            assert_eq!(act.live().expect("live").expect("some").name, "b", "{mode}");
+            // Roll back to the previous release, as the cycle does.
+            act.switch(&prev).expect("back");
+            assert_eq!(content(&act), "A", "{mode}");
+            assert_eq!(act.live().expect("live").expect("some").name, "a", "{mode}");
+            assert_eq!(fs::read_to_string(act.releases().join("b/f")).expect("b"), "B", "{mode}: b keeps its files");
+        }
+    }
+
+    #[test]
+    fn every_mode_can_undo_a_first_deploy() {
+        for mode in [Mode::Symlink, Mode::Exchange, Mode::Sync] {
+            let (_d, act, a, _b) = setup(mode);
+            act.switch(&a).expect("switch");
+            act.deactivate(&a).expect("deactivate");
+            assert!(fs::symlink_metadata(&act.local).is_err(), "{mode}: current removed");
+            assert_eq!(fs::read_to_string(a.join("f")).expect("a"), "A", "{mode}: the release is back");
+            assert_eq!(act.live().expect("live"), None);
+        }
+    }
+
+    #[test]
+    fn exchange_keeps_current_a_directory_with_a_new_inode() {
+        let (_d, act, a, b) = setup(Mode::Exchange);
+        act.switch(&a).expect("a");
+        let m = fs::symlink_metadata(&act.local).expect("current");
+        assert!(m.is_dir() && !m.file_type().is_symlink());
+        act.switch(&b).expect("b");
+        assert!(!b.exists(), "b's files are at current");
+        assert!(a.is_dir(), "a's files are back under releases/a");
+    }
+
+    #[test]
+    fn exchange_interrupted_after_the_swap_is_finished_at_recovery() {
+        let (_d, act, a, b) = setup(Mode::Exchange);
+        act.switch(&a).expect("a");
+        // Simulate a crash right after the exchange, before the rename back.
+        let to_ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&b).expect("b"));
+        act.save_marker(&Marker { name: Some("a".into()), pending: Some(Pending { to: "b".into(), from: Some("a".into()), to_ino }) }).expect("marker");
+        rustix::fs::renameat_with(rustix::fs::CWD, &b, rustix::fs::CWD, &act.local, rustix::fs::RenameFlags::EXCHANGE).expect("exchange");
+        act.recover().expect("recover");
+        assert_eq!(act.live().expect("live").expect("some").name, "b");
+        assert_eq!(content(&act), "B");
+        assert_eq!(fs::read_to_string(act.releases().join("a/f")).expect("a"), "A");
+    }
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!("exchange".parse::<Mode>(), Ok(Mode::Exchange));
+        assert!("copy".parse::<Mode>().is_err());
+    }
+}

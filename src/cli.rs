@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Pull-based deployment agent: polls a remote (ZIP over HTTP(S), S3, git, local path) and,
 /// when it changes, unpacks the new version into a fresh release, runs the pre-update hooks,
@@ -67,15 +67,51 @@ pub struct Cli {
     #[arg(short = 'v', long)]
     pub verbose: bool,
 
+    /// Log format on standard error: `human` (one line per event) or `json` (one JSON object
+    /// per line, for log shippers)
+    #[arg(long = "log-format", value_name = "FORMAT", value_enum, default_value_t, env = "REPO_DEPLOY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
 
+/// How log events are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum LogFormat {
+    /// One line per event, for people.
+    #[default]
+    Human,
+    /// One JSON object per line (`timestamp`, `level`, `message`, `target`, fields).
+    Json,
+}
+
 /// Commands beside the agent itself (a bare invocation runs the agent).
-#[derive(Debug, Subcommand, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Validate the configuration and print the effective settings (secrets masked).
     CheckConfig,
+    /// Show the live version, the last check and its result, the releases on disk, and
+    /// whether a version is pinned by a rollback.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the releases on disk, newest first (`*` marks the live one).
+    Releases {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch `current` to the previous release (or the one named by --to), running the hooks
+    /// as for an update, and pin it: the version rolled back from is not redeployed until the
+    /// remote offers another one. Needs the deploy lock: stop a running agent first.
+    Rollback {
+        /// A release name or a unique prefix of its version (see `releases`).
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+    },
 }
 
 #[cfg(test)]
@@ -100,6 +136,15 @@ mod tests {
         assert_eq!(cli.id.as_deref(), Some("app"));
         assert_eq!(cli.schedule.as_deref(), Some("@hourly"));
         assert!(cli.fetch && cli.verbose);
+    }
+
+    #[test]
+    fn log_format_defaults_to_human() {
+        let cli = Cli::try_parse_from(["repo-deploy"]).expect("no flags");
+        assert_eq!(cli.log_format, super::LogFormat::Human);
+        let cli = Cli::try_parse_from(["repo-deploy", "--log-format", "json"]).expect("json");
+        assert_eq!(cli.log_format, super::LogFormat::Json);
+        assert!(Cli::try_parse_from(["repo-deploy", "--log-format", "xml"]).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use anyhow::{Context, anyhow};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-use crate::activate;
+use crate::activate::{Activator, Switched};
 use crate::config::Settings;
 use crate::exit::Exit;
 use crate::hooks::{self, HookEnv, HookError, Phase};
@@ -69,8 +69,11 @@ pub fn recover(settings: &Settings) -> anyhow::Result<()> {
     let releases = Releases::open(&settings.directory)
         .with_context(|| format!("cannot open {}/releases", settings.directory.display()))?;
     releases.sweep().with_context(|| format!("cannot clean {}", releases.root().display()))?;
-    activate::sweep(&settings.local).with_context(|| format!("cannot clean beside {}", settings.local.display()))?;
+    Activator::for_settings(settings)
+        .recover()
+        .with_context(|| format!("cannot recover {}", settings.local.display()))?;
     crate::source::sweep_cache(&settings.cache).with_context(|| format!("cannot clean {}", settings.cache.display()))?;
+    State::sweep(&settings.directory).with_context(|| format!("cannot clean {}", settings.directory.display()))?;
     Ok(())
 }
 
@@ -79,22 +82,39 @@ pub async fn check(settings: &Settings, source: &Source, cancel: &CancellationTo
     let dir = &settings.directory;
     let releases = Releases::open(dir).with_context(|| format!("cannot open {}/releases", dir.display()))?;
     let mut state = State::load(dir);
-    let live = activate::live(&settings.local).with_context(|| format!("cannot read {}", settings.local.display()))?;
-    let live_name = live.as_deref().and_then(release_name);
+    let live = Activator::for_settings(settings)
+        .live()
+        .with_context(|| format!("cannot read {}", settings.local.display()))?;
+    let live_name = live.as_ref().map(|l| l.name.clone());
     let live_info = live_name.as_deref().and_then(|n| state.releases.get(n)).cloned();
 
     // 1. Ask the remote; download only if it changed.
     let known = state.stamp_for(&settings.remote_display, live_name.as_deref()).cloned();
+    let fetch_started = Instant::now();
     let artifact = match source.fetch(known.as_ref(), cancel).await {
         Ok(Fetched::Unchanged) => {
             tracing::info!("unchanged: {} is live", version_of(&live_info));
             return Ok(Outcome::Unchanged { version: live_info.map(|i| i.version) });
         }
-        Ok(Fetched::New(artifact)) => artifact,
+        Ok(Fetched::New(artifact)) => {
+            crate::telemetry::fetched(&artifact, fetch_started.elapsed());
+            artifact
+        }
         Err(_) if cancel.is_cancelled() => return Err(CycleError::Interrupted),
         Err(e) => return Err(CycleError::Failed(e)),
     };
     let version = artifact.stamp.version.clone();
+    if let Some(pin) = state.pin.clone() {
+        if pin.from_version == version {
+            tracing::info!("unchanged: pinned to {} by a rollback; the remote still offers {version}", pin.release);
+            state.remote = settings.remote_display.clone();
+            state.stamp = Some(artifact.stamp.clone());
+            save(&state, dir)?;
+            return Ok(Outcome::Unchanged { version: live_info.map(|i| i.version) });
+        }
+        tracing::info!("the remote moved on to {version}: the rollback pin to {} is lifted", pin.release);
+        state.pin = None;
+    }
     if let Some(info) = live_info.as_ref().filter(|i| i.sha256 == artifact.sha256) {
         // Same bytes under a new validator (touched file, new ETag): remember it, no deploy.
         tracing::info!("unchanged: the remote's content is the live version {}", info.version);
@@ -142,54 +162,25 @@ pub async fn check(settings: &Settings, source: &Source, cancel: &CancellationTo
     });
     save(&state, dir).inspect_err(|_| discard(&releases, &release))?;
 
-    // 4. Pre-update hooks: a failure blocks the update.
+    // 4.–6. Pre-update hooks, the switch, post-update hooks (and the rollback).
     let env = HookEnv {
         phase: Phase::Pre,
         current: release.clone(),
-        previous: live.clone(),
+        previous: live.as_ref().map(|l| l.path.clone()),
         version: version.clone(),
         previous_version: live_info.as_ref().map(|i| i.version.clone()).unwrap_or_default(),
         rollback: false,
         deploy_dir: settings.local.clone(),
         remote: settings.remote_display.clone(),
     };
-    if let Err(e) = hooks::run_parts(&settings.pre_hooks, &env, settings.hook_timeout, cancel).await {
-        discard(&releases, &release);
-        forget(&mut state, &name, dir);
-        return Err(match e {
-            HookError::Cancelled { .. } => CycleError::Interrupted,
-            e => CycleError::Blocked { version, source: e },
-        });
-    }
-    if cancel.is_cancelled() {
-        discard(&releases, &release);
-        forget(&mut state, &name, dir);
-        return Err(CycleError::Interrupted);
-    }
-
-    // 5. The switch. From here on the check runs to its end, whatever the signals say.
-    let switch_started = Instant::now();
-    if let Err(e) = activate::switch(&settings.local, &release) {
-        discard(&releases, &release);
-        forget(&mut state, &name, dir);
-        return Err(CycleError::Failed(anyhow!(e).context(format!("cannot switch {} to {}", settings.local.display(), release.display()))));
-    }
-    tracing::info!(
-        "switched {} to {} in {}µs",
-        settings.local.display(),
-        release.display(),
-        switch_started.elapsed().as_micros()
-    );
-
-    // 6. Post-update hooks: a failure switches back.
-    let env = HookEnv { phase: Phase::Post, ..env };
-    let never = CancellationToken::new();
-    if let Err(e) = hooks::run_parts(&settings.post_hooks, &env, settings.hook_timeout, &never).await {
-        let restored = roll_back(settings, &env, &never).await;
-        discard(&releases, &release);
-        forget(&mut state, &name, dir);
-        return Err(CycleError::RolledBack { version, source: e, restored });
-    }
+    let switched = match go_live(settings, env, cancel).await {
+        Ok(s) => s,
+        Err(e) => {
+            discard(&releases, &release);
+            forget(&mut state, &name, dir);
+            return Err(e);
+        }
+    };
 
     // The version is live and accepted: remember the remote's validators for it.
     state.remote = settings.remote_display.clone();
@@ -199,10 +190,12 @@ pub async fn check(settings: &Settings, source: &Source, cancel: &CancellationTo
 
     // 7. Retention: never the live release or the one before it.
     let mut protect: Vec<&Path> = vec![&release];
-    if let Some(prev) = live.as_deref() {
+    if let Some(prev) = switched.previous.as_deref() {
         protect.push(prev);
     }
-    match releases.prune(settings.keep, &protect) {
+    // In exchange mode the live release's files are `current`, not under releases/.
+    let keep = if settings.activate == crate::activate::Mode::Exchange { settings.keep - 1 } else { settings.keep };
+    match releases.prune(keep, &protect) {
         Ok(removed) if !removed.is_empty() => {
             tracing::info!("removed old releases: {}", removed.join(", "));
             if let Ok(names) = releases.list() {
@@ -216,25 +209,75 @@ pub async fn check(settings: &Settings, source: &Source, cancel: &CancellationTo
     Ok(Outcome::Deployed { version, release })
 }
 
+/// Steps 4 to 6, for a release that is on disk but not live (a new one, or an old one for
+/// `rollback`): pre-update hooks (a failure blocks), the atomic switch, post-update hooks (a
+/// failure switches back and re-runs them with `DEPLOY_ROLLBACK=1`). `env` describes the
+/// pre-update run. `cancel` is honoured until the switch, never after it. The caller removes
+/// the release if it should not stay.
+pub async fn go_live(settings: &Settings, env: HookEnv, cancel: &CancellationToken) -> Result<Switched, CycleError> {
+    let version = env.version.clone();
+    if let Err(e) = hooks::run_parts(&settings.pre_hooks, &env, settings.hook_timeout, cancel).await {
+        return Err(match e {
+            HookError::Cancelled { .. } => CycleError::Interrupted,
+            e => CycleError::Blocked { version, source: e },
+        });
+    }
+    if cancel.is_cancelled() {
+        return Err(CycleError::Interrupted);
+    }
+
+    // The switch. From here on this runs to its end, whatever the signals say.
+    let release = env.current.clone();
+    let activator = Activator::for_settings(settings);
+    let switch_started = Instant::now();
+    let switched = activator.switch(&release).map_err(|e| {
+        CycleError::Failed(anyhow!(e).context(format!("cannot switch {} to {}", settings.local.display(), release.display())))
+    })?;
+    tracing::info!(
+        "switched {} to {} in {}µs",
+        settings.local.display(),
+        release.display(),
+        switch_started.elapsed().as_micros()
+    );
+
+    // In exchange mode the files moved: the post-update hooks see where they are now.
+    let env = HookEnv { phase: Phase::Post, current: switched.current.clone(), previous: switched.previous.clone(), ..env };
+    let never = CancellationToken::new();
+    if let Err(e) = hooks::run_parts(&settings.post_hooks, &env, settings.hook_timeout, &never).await {
+        let restored = roll_back(&activator, settings, &env, &release, &never).await;
+        return Err(CycleError::RolledBack { version, source: e, restored });
+    }
+    Ok(switched)
+}
+
 /// Switch back after a failed post-update hook and re-run the post-update hooks for the
 /// restored release with `DEPLOY_ROLLBACK=1`; on a first deploy, remove `current`. Returns
 /// what was done, for the error message.
-async fn roll_back(settings: &Settings, failed: &HookEnv, never: &CancellationToken) -> String {
+async fn roll_back(
+    activator: &Activator,
+    settings: &Settings,
+    failed: &HookEnv,
+    release: &Path,
+    never: &CancellationToken,
+) -> String {
     let Some(previous) = failed.previous.clone() else {
-        return match activate::deactivate(&settings.local) {
+        return match activator.deactivate(release) {
             Ok(()) => format!("first deploy: {} removed", settings.local.display()),
             Err(e) => format!("first deploy: cannot remove {}: {e}", settings.local.display()),
         };
     };
-    if let Err(e) = activate::switch(&settings.local, &previous) {
-        tracing::error!("cannot switch {} back to {}: {e}", settings.local.display(), previous.display());
-        return format!("rollback to {} FAILED: {e}", previous.display());
-    }
+    let back = match activator.switch(&previous) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot switch {} back to {}: {e}", settings.local.display(), previous.display());
+            return format!("rollback to {} FAILED: {e}", previous.display());
+        }
+    };
     tracing::warn!("rolled back {} to {}", settings.local.display(), previous.display());
     let env = HookEnv {
         phase: Phase::Post,
-        current: previous.clone(),
-        previous: Some(failed.current.clone()),
+        current: back.current,
+        previous: back.previous,
         version: failed.previous_version.clone(),
         previous_version: failed.version.clone(),
         rollback: true,

@@ -5,7 +5,7 @@
 //! let two agents lock two different inodes).
 
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{FlockOperation, flock};
@@ -45,10 +45,19 @@ pub fn acquire(directory: &Path) -> Result<DeployLock, LockError> {
         .open(&path)
         .map_err(|e| LockError::Io(path.clone(), e))?;
     match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(DeployLock { _file: file, path }),
+        Ok(()) => {
+            // The holder's pid, so `rollback` can ask a running agent to do it.
+            let _ = file.set_len(0).and_then(|()| (&file).write_all(format!("{}\n", std::process::id()).as_bytes()));
+            Ok(DeployLock { _file: file, path })
+        }
         Err(rustix::io::Errno::WOULDBLOCK) => Err(LockError::Held(path)),
         Err(e) => Err(LockError::Io(path, e.into())),
     }
+}
+
+/// The pid of the process holding the lock of `directory`, as it wrote it.
+pub fn holder(directory: &Path) -> Option<i32> {
+    fs::read_to_string(directory.join(".lock")).ok()?.trim().parse().ok().filter(|pid| *pid > 0)
 }
 
 #[cfg(test)]
@@ -59,6 +68,7 @@ mod tests {
     fn second_holder_is_refused_and_drop_releases() {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = acquire(dir.path()).expect("first");
+        assert_eq!(holder(dir.path()), Some(std::process::id() as i32));
         assert!(matches!(acquire(dir.path()), Err(LockError::Held(_))));
         drop(first);
         acquire(dir.path()).expect("free again");

@@ -9,11 +9,11 @@ use clap::Parser;
 use repo_deploy::cli::{Cli, Command};
 use repo_deploy::config::Settings;
 use repo_deploy::exit::Exit;
-use repo_deploy::{daemon, logging};
+use repo_deploy::{commands, daemon, logging};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.verbose);
+    logging::init_with_format(cli.verbose, cli.log_format == repo_deploy::cli::LogFormat::Json);
     let env = || std::env::vars().collect::<HashMap<String, String>>();
     let exit = match Settings::resolve(&cli, &env()) {
         Err(e) => {
@@ -24,10 +24,18 @@ fn main() -> ExitCode {
             for secret in settings.secrets() {
                 logging::register_secret(&secret);
             }
-            match cli.command {
+            match &cli.command {
                 Some(Command::CheckConfig) => {
                     print!("{}", logging::mask(&settings.describe()));
                     Exit::Ok
+                }
+                Some(Command::Status { json }) => show(commands::status(&settings), *json, commands::render_status),
+                Some(Command::Releases { json }) => {
+                    show(commands::releases(&settings), *json, |list| commands::render_releases(list))
+                }
+                Some(Command::Rollback { to }) => {
+                    let to = to.clone();
+                    block_on(async move { commands::rollback(&settings, to.as_deref()).await })
                 }
                 None => run(&cli, settings, env),
             }
@@ -37,12 +45,39 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli, settings: Settings, env: impl Fn() -> HashMap<String, String>) -> Exit {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(rt) => rt,
+    block_on(daemon::run(settings, || Settings::resolve(cli, &env())))
+}
+
+fn block_on(work: impl std::future::Future<Output = Exit>) -> Exit {
+    match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt.block_on(work),
         Err(e) => {
             tracing::error!("cannot start the runtime: {e}");
-            return Exit::Failed;
+            Exit::Failed
         }
-    };
-    runtime.block_on(daemon::run(settings, || Settings::resolve(cli, &env())))
+    }
+}
+
+/// Print a command's result as text or JSON.
+fn show<T: serde::Serialize>(result: anyhow::Result<T>, json: bool, text: impl Fn(&T) -> String) -> Exit {
+    match result {
+        Ok(view) if json => match serde_json::to_string_pretty(&view) {
+            Ok(s) => {
+                println!("{}", logging::mask(&s));
+                Exit::Ok
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                Exit::Failed
+            }
+        },
+        Ok(view) => {
+            print!("{}", logging::mask(&text(&view)));
+            Exit::Ok
+        }
+        Err(e) => {
+            tracing::error!("{}", logging::mask(&format!("{e:#}")));
+            Exit::Failed
+        }
+    }
 }

@@ -39,13 +39,75 @@ pub struct ReleaseInfo {
     pub created: String,
 }
 
-/// The result of the last check, for operators.
+/// The result of the last check, for operators (`${directory}/status.json`). Rewritten after
+/// every check, atomically but without fsync: losing it to a power cut costs nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastCheck {
+    /// RFC 3339 time the check ended.
     pub time: String,
+    /// `unchanged`, `deployed`, `failed`, `blocked`, `rolled_back` or `interrupted`.
     pub result: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// RFC 3339 time of the last check that did not fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<String>,
+}
+
+impl LastCheck {
+    fn path(directory: &Path) -> PathBuf {
+        directory.join("status.json")
+    }
+
+    /// The last check's record, if any.
+    pub fn load(directory: &Path) -> Option<LastCheck> {
+        let bytes = fs::read(Self::path(directory)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Record a check's result, keeping the time of the last success.
+    pub fn record(directory: &Path, result: &str, error: Option<String>) {
+        let time = chrono::Utc::now().to_rfc3339();
+        let last_success = if error.is_none() {
+            Some(time.clone())
+        } else {
+            Self::load(directory).and_then(|c| c.last_success)
+        };
+        let check = LastCheck { time, result: result.to_string(), error, last_success };
+        let tmp = directory.join(format!(".status.json.tmp-{}", std::process::id()));
+        let written = serde_json::to_vec_pretty(&check)
+            .map_err(io::Error::other)
+            .and_then(|bytes| fs::write(&tmp, bytes))
+            .and_then(|()| fs::rename(&tmp, Self::path(directory)));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            tracing::warn!("cannot write {}: {e}", Self::path(directory).display());
+        }
+    }
+}
+
+/// Replace `path` with `bytes` atomically (temp file beside it, then rename), without fsync:
+/// for small files whose loss in a power cut costs nothing.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A version chosen by `repo-deploy rollback`: the agent does not redeploy the version it
+/// rolled back from until the remote offers another one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// The release rolled back to.
+    pub release: String,
+    /// The version rolled back from, skipped while the remote still offers it.
+    pub from_version: String,
+    /// RFC 3339 time of the rollback.
+    pub since: String,
 }
 
 /// The whole state file.
@@ -60,8 +122,9 @@ pub struct State {
     /// Release directory name → what it holds.
     #[serde(default)]
     pub releases: BTreeMap<String, ReleaseInfo>,
-    #[serde(default)]
-    pub last_check: Option<LastCheck>,
+    /// Set by `rollback`, cleared when the remote offers another version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<Pin>,
 }
 
 impl State {
@@ -105,12 +168,38 @@ impl State {
         result
     }
 
+    /// Remove the temporary files of a `save` (or a status record) that a crash or `kill -9`
+    /// interrupted: `.state.json.tmp-*` and `.status.json.tmp-*`. Call at start, under the lock.
+    pub fn sweep(directory: &Path) -> io::Result<()> {
+        let entries = match fs::read_dir(directory) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.as_encoded_bytes();
+            if name.starts_with(b".state.json.tmp-") || name.starts_with(b".status.json.tmp-") {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => tracing::info!("removed leftover {}", entry.path().display()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The stamp to offer the remote, valid only while the live release holds its version
     /// and the remote is the same one.
     pub fn stamp_for(&self, remote: &str, live: Option<&str>) -> Option<&Stamp> {
         let info = self.releases.get(live?)?;
         let stamp = self.stamp.as_ref()?;
-        (self.remote == remote && stamp.version == info.version).then_some(stamp)
+        // After a rollback the live version is not the remote's; the remote's validators stay
+        // useful, so an unchanged remote still costs one request.
+        let pinned = self.pin.as_ref().is_some_and(|p| p.from_version == stamp.version);
+        (self.remote == remote && (stamp.version == info.version || pinned)).then_some(stamp)
     }
 
     /// Forget releases that are no longer on disk.

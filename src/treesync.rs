@@ -1,0 +1,163 @@
+//! In-place update of a directory from a release, for `activate = sync`: applications that
+//! watch a directory's inode (as the seed tool's users did) see their files replaced one by
+//! one instead of a new directory.
+//!
+//! Each file and symlink that differs is written under a hidden temporary name beside its
+//! target and renamed over it, so a reader sees every *file* whole; the *tree* is not switched
+//! atomically as a whole (a reader may see some files old and some new while it runs).
+//! Removals come last, so nothing the new release needs disappears before its replacement is
+//! in place. Running it again after a crash finishes the job.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::{self, File, FileTimes};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Temporary names start with this; a leftover one is swept by the next sync.
+const TEMP_PREFIX: &str = ".repo-deploy-sync-";
+
+/// Make `dst` hold exactly what `src` holds (files, symlinks, directories, modes, mtimes).
+/// Returns how many entries were written or removed.
+pub fn sync_tree(src: &Path, dst: &Path) -> io::Result<u64> {
+    if !dst.is_dir() {
+        fs::create_dir_all(dst)?;
+    }
+    let mut changed = 0;
+    sync_dir(src, dst, &mut changed)?;
+    File::open(dst).and_then(|d| rustix::fs::syncfs(&d).map_err(io::Error::from))?;
+    Ok(changed)
+}
+
+fn temp_beside(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!("{TEMP_PREFIX}{}-{name}", std::process::id()))
+}
+
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `to` already holds `from`: same size, mtime and mode, and — because two versions
+/// written within one timestamp tick look alike — the same bytes.
+fn same_file(from: &Path, a: &fs::Metadata, to: &Path, b: &fs::Metadata) -> io::Result<bool> {
+    if !(b.is_file() && a.len() == b.len() && a.mtime() == b.mtime() && a.mtime_nsec() == b.mtime_nsec() && a.mode() == b.mode()) {
+        return Ok(false);
+    }
+    let (mut x, mut y) = (File::open(from)?, File::open(to)?);
+    let (mut bx, mut by) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = io::Read::read(&mut x, &mut bx)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if io::Read::read_exact(&mut y, &mut by[..n]).is_err() || bx[..n] != by[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+fn sync_dir(src: &Path, dst: &Path, changed: &mut u64) -> io::Result<()> {
+    let mut wanted: HashSet<OsString> = HashSet::new();
+    for entry in fs::read_dir(src)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let (from, to) = (src.join(&name), dst.join(&name));
+        let meta = fs::symlink_metadata(&from)?;
+        let existing = fs::symlink_metadata(&to).ok();
+        wanted.insert(name);
+        if meta.is_dir() {
+            if !existing.as_ref().is_some_and(fs::Metadata::is_dir) {
+                remove_any(&to)?;
+                fs::create_dir(&to)?;
+                *changed += 1;
+            }
+            sync_dir(&from, &to, changed)?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        } else if meta.file_type().is_symlink() {
+            let target = fs::read_link(&from)?;
+            if existing.as_ref().is_some_and(|m| m.file_type().is_symlink()) && fs::read_link(&to)? == target {
+                continue;
+            }
+            let tmp = temp_beside(&to);
+            remove_any(&tmp)?;
+            std::os::unix::fs::symlink(&target, &tmp)?;
+            replace(&tmp, &to, existing.as_ref())?;
+            *changed += 1;
+        } else if meta.is_file() {
+            if let Some(m) = &existing
+                && same_file(&from, &meta, &to, m)?
+            {
+                continue;
+            }
+            let tmp = temp_beside(&to);
+            remove_any(&tmp)?;
+            fs::copy(&from, &tmp)?;
+            let file = File::open(&tmp)?;
+            file.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+            file.set_times(FileTimes::new().set_modified(meta.modified()?))?;
+            drop(file);
+            replace(&tmp, &to, existing.as_ref())?;
+            *changed += 1;
+        }
+    }
+    // Removals last: what the new release does not hold, and leftovers of an interrupted sync.
+    for entry in fs::read_dir(dst)? {
+        let entry = entry?;
+        if !wanted.contains(&entry.file_name()) {
+            remove_any(&entry.path())?;
+            *changed += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Rename `tmp` over `to`; a directory in the way (a type change) is removed first.
+fn replace(tmp: &Path, to: &Path, existing: Option<&fs::Metadata>) -> io::Result<()> {
+    if existing.is_some_and(fs::Metadata::is_dir) {
+        fs::remove_dir_all(to)?;
+    }
+    fs::rename(tmp, to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn syncs_contents_in_place_and_keeps_the_directory_inode() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (a, b, live) = (d.path().join("a"), d.path().join("b"), d.path().join("live"));
+        fs::create_dir_all(a.join("sub")).expect("mkdir");
+        fs::write(a.join("sub/keep"), "same").expect("write");
+        fs::write(a.join("old"), "old").expect("write");
+        symlink("sub/keep", a.join("link")).expect("link");
+        fs::create_dir_all(b.join("sub")).expect("mkdir");
+        fs::write(b.join("sub/keep"), "same").expect("write");
+        fs::write(b.join("new"), "new").expect("write");
+        fs::create_dir(b.join("link")).expect("a dir where a link was");
+        fs::set_permissions(b.join("new"), fs::Permissions::from_mode(0o750)).expect("chmod");
+
+        sync_tree(&a, &live).expect("sync a");
+        let inode = fs::metadata(&live).expect("live").ino();
+        assert_eq!(fs::read_to_string(live.join("old")).expect("old"), "old");
+        assert_eq!(fs::read_link(live.join("link")).expect("link"), PathBuf::from("sub/keep"));
+
+        sync_tree(&b, &live).expect("sync b");
+        assert_eq!(fs::metadata(&live).expect("live").ino(), inode, "same directory");
+        assert!(!live.join("old").exists());
+        assert!(live.join("link").is_dir());
+        assert_eq!(fs::read_to_string(live.join("new")).expect("new"), "new");
+        assert_eq!(fs::metadata(live.join("new")).expect("new").mode() & 0o777, 0o750);
+        let names: Vec<_> = fs::read_dir(&live).expect("ls").map(|e| e.expect("e").file_name()).collect();
+        assert_eq!(names.len(), 3, "no temp file left: {names:?}");
+        assert_eq!(sync_tree(&b, &live).expect("again"), 0, "a second sync changes nothing");
+    }
+}
