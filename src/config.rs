@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ const DEFAULT_SCHEDULE: &str = "* * * * *";
 const ENV_PREFIX: &str = "REPO_DEPLOY_";
 
 /// Every key the file and the environment accept: canonical name, then aliases.
-const KEYS: &[(&str, &[&str])] = &[
+pub const KEYS: &[(&str, &[&str])] = &[
     ("remote", &["repository"]),
     ("local", &[]),
     ("directory", &[]),
@@ -47,6 +48,12 @@ const KEYS: &[(&str, &[&str])] = &[
     ("max-files", &[]),
     ("connect-timeout", &[]),
     ("stall-timeout", &[]),
+    ("activate", &[]),
+    ("listen", &[]),
+    ("health-periods", &[]),
+    ("trigger-token", &[]),
+    ("trigger-min-interval", &[]),
+    ("splay", &[]),
 ];
 
 /// S3 settings from the configuration (the rest of the chain is the AWS SDK's).
@@ -99,10 +106,93 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// A download that receives nothing for this long fails.
     pub stall_timeout: Duration,
+    /// How `current` shows a release: symlink (default), exchange or sync.
+    pub activate: crate::activate::Mode,
     pub aws: AwsSettings,
     /// `-f`: check once and exit.
     pub once: bool,
     pub verbose: bool,
+    /// The opt-in HTTP listener: metrics, health, trigger (see `telemetry.rs`).
+    pub telemetry: TelemetrySettings,
+    /// Most delay after each scheduled time; each host waits its own stable part of it.
+    pub splay: Duration,
+}
+
+/// Settings of the metrics/health/trigger listener.
+#[derive(Clone)]
+pub struct TelemetrySettings {
+    /// `listen`: where to serve `/metrics`, `/healthz` and `/trigger`; `None`: no listener.
+    pub listen: Option<SocketAddr>,
+    /// `health-periods`: schedule periods without a successful check before `/healthz` fails.
+    pub health_periods: u32,
+    /// `trigger-token`: the bearer token of `POST /trigger` (a secret); `None`: no trigger.
+    pub trigger_token: Option<String>,
+    /// `trigger-min-interval`: the least time between two accepted triggers.
+    pub trigger_min_interval: Duration,
+}
+
+impl std::fmt::Debug for TelemetrySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetrySettings")
+            .field("listen", &self.listen)
+            .field("health_periods", &self.health_periods)
+            .field("trigger_token", &self.trigger_token.as_ref().map(|_| "***"))
+            .field("trigger_min_interval", &self.trigger_min_interval)
+            .finish()
+    }
+}
+
+/// Shortest `trigger-token` accepted: a webhook secret must not be guessable.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// The `listen`, `health-periods`, `trigger-token` and `trigger-min-interval` keys.
+fn telemetry_settings(layers: &Layers) -> Result<TelemetrySettings, ConfigError> {
+    let listen = match layers.get("listen") {
+        Some(raw) => Some(raw.value.trim().parse::<SocketAddr>().map_err(|_| {
+            value_error(raw, "listen", "expected an IP address and port such as 127.0.0.1:9469 or [::1]:9469")
+        })?),
+        None => None,
+    };
+    let health_periods = match layers.get("health-periods") {
+        Some(raw) => match parse_u64(raw, "health-periods")? {
+            n @ 1..=10_000 => n as u32,
+            _ => return Err(value_error(raw, "health-periods", "expected a number of schedule periods from 1 to 10000")),
+        },
+        None => 3,
+    };
+    let trigger_token = match layers.get("trigger-token") {
+        Some(raw) => {
+            let token = raw.value.trim();
+            if token.len() < MIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                // Say why without echoing the value: it is a secret, even when too short.
+                return Err(ConfigError::Value {
+                    source_name: raw.origin.clone(),
+                    key: "trigger-token".into(),
+                    value: "***".into(),
+                    reason: format!(
+                        "expected at least {MIN_TOKEN_LEN} characters without spaces (try `openssl rand -hex 32`)"
+                    ),
+                });
+            }
+            Some(token.to_string())
+        }
+        None => None,
+    };
+    let trigger_min_interval = match layers.get("trigger-min-interval") {
+        Some(raw) => parse_seconds(raw, "trigger-min-interval")?,
+        None => Duration::from_secs(10),
+    };
+    Ok(TelemetrySettings { listen, health_periods, trigger_token, trigger_min_interval })
+}
+
+/// `splay`: seconds, 0 (the default) for none.
+fn splay_setting(layers: &Layers) -> Result<Duration, ConfigError> {
+    let Some(raw) = layers.get("splay") else { return Ok(Duration::ZERO) };
+    let v = raw.value.trim();
+    match v.strip_suffix('s').unwrap_or(v).parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.0..=86_400.0).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(value_error(raw, "splay", "expected seconds from 0 to 86400")),
+    }
 }
 
 /// A configuration problem: exit status 2, nothing touched.
@@ -320,6 +410,12 @@ impl Settings {
         let hook_timeout = seconds("hook-timeout", 300)?;
         let connect_timeout = seconds("connect-timeout", 10)?;
         let stall_timeout = seconds("stall-timeout", 60)?;
+        let activate = match layers.get("activate") {
+            Some(raw) => raw.value.parse().map_err(|reason: String| value_error(raw, "activate", reason))?,
+            None => crate::activate::Mode::default(),
+        };
+        let telemetry = telemetry_settings(&layers)?;
+        let splay = splay_setting(&layers)?;
         let max_bytes = layers.get("max-size").map_or(Ok(16 << 30), |r| parse_size(r, "max-size"))?;
         let max_entries = match layers.get("max-files") {
             Some(raw) => parse_u64(raw, "max-files").and_then(|n| {
@@ -334,6 +430,20 @@ impl Settings {
             region: layers.get("aws-region").map(|r| r.value.clone()),
             endpoint: layers.get("s3-endpoint").map(|r| r.value.clone()),
         };
+        if let (Some(raw), None) | (None, Some(raw)) = (layers.get("aws-access-key"), layers.get("aws-secret-key")) {
+            let key = if aws.access_key.is_some() { "aws-access-key" } else { "aws-secret-key" };
+            return Err(ConfigError::Value {
+                source_name: raw.origin.clone(),
+                key: key.into(),
+                value: "***".into(),
+                reason: "aws-access-key and aws-secret-key go together: set both, or neither to use ~/.amazon/account-key or the AWS chain".into(),
+            });
+        }
+        if let Some(raw) = layers.get("s3-endpoint")
+            && url::Url::parse(&raw.value).map_or(true, |u| !matches!(u.scheme(), "http" | "https"))
+        {
+            return Err(value_error(raw, "s3-endpoint", "expected an http:// or https:// URL"));
+        }
 
         let remote_raw = pick(cli.remote.clone(), "--remote", &layers, "remote").ok_or(ConfigError::NoRemote)?;
         let id = pick(cli.id.clone(), "--id", &layers, "id").map(|r| r.value);
@@ -347,10 +457,6 @@ impl Settings {
             remote_raw.value.clone()
         };
         let remote = remote::parse(&remote_url, cwd)?;
-        match remote {
-            Remote::Git(_) => return Err(ConfigError::Unsupported("git")),
-            Remote::Http(_) | Remote::Local(_) | Remote::S3 { .. } => {}
-        }
         let remote_display = remote::mask(&remote_url);
 
         Ok(Settings {
@@ -369,9 +475,12 @@ impl Settings {
             limits: Limits { max_bytes, max_entries },
             connect_timeout,
             stall_timeout,
+            activate,
             aws,
             once: cli.fetch,
             verbose: cli.verbose,
+            telemetry,
+            splay,
         })
     }
 
@@ -380,6 +489,7 @@ impl Settings {
         let mut s = remote::secrets(&self.remote_url);
         s.extend(self.aws.access_key.clone());
         s.extend(self.aws.secret_key.clone());
+        s.extend(self.telemetry.trigger_token.clone());
         s
     }
 
@@ -402,6 +512,16 @@ impl Settings {
         line("max-files", &self.limits.max_entries);
         line("connect-timeout", &self.connect_timeout.as_secs_f64());
         line("stall-timeout", &self.stall_timeout.as_secs_f64());
+        line("activate", &self.activate);
+        if let Some(addr) = &self.telemetry.listen {
+            line("listen", addr);
+        }
+        line("health-periods", &self.telemetry.health_periods);
+        if self.telemetry.trigger_token.is_some() {
+            line("trigger-token", &"***");
+        }
+        line("trigger-min-interval", &self.telemetry.trigger_min_interval.as_secs_f64());
+        line("splay", &self.splay.as_secs_f64());
         if self.aws.access_key.is_some() {
             line("aws-access-key", &"***");
         }
@@ -543,6 +663,16 @@ mod tests {
     }
 
     #[test]
+    fn half_an_s3_key_pair_is_a_configuration_error() {
+        let e = env(&[("REPO_DEPLOY_REMOTE", "s3://b/a.zip"), ("REPO_DEPLOY_AWS_SECRET_KEY", "sekrit99")]);
+        let err = Settings::resolve_in(&cli(&[]), &e, Path::new("/")).expect_err("half a pair");
+        let msg = err.to_string();
+        assert!(msg.contains("go together") && !msg.contains("sekrit99"), "{msg}");
+        let e = env(&[("REPO_DEPLOY_REMOTE", "s3://b/a.zip"), ("REPO_DEPLOY_S3_ENDPOINT", "localhost:9000")]);
+        assert!(Settings::resolve_in(&cli(&[]), &e, Path::new("/")).is_err());
+    }
+
+    #[test]
     fn sizes_take_suffixes() {
         let raw = |v: &str| Raw { value: v.into(), origin: "t".into() };
         assert_eq!(parse_size(&raw("10G"), "k").expect("10G"), 10 << 30);
@@ -551,17 +681,71 @@ mod tests {
     }
 
     #[test]
-    fn git_is_not_supported_yet() {
-        let err = Settings::resolve_in(&cli(&["-r", "git://h/a.git"]), &env(&[]), Path::new("/")).expect_err("git");
-        assert!(matches!(err, ConfigError::Unsupported(_)));
+    fn git_remotes_are_accepted() {
+        let s = Settings::resolve_in(&cli(&["-r", "https://u:t0ken@h/org/a.git/site#v1"]), &env(&[]), Path::new("/"))
+            .expect("git remote");
+        assert!(matches!(s.remote, Remote::Git(_)));
+        assert_eq!(s.remote_display, "https://***@h/org/a.git/site#v1");
     }
 
     #[test]
     fn describe_masks_secrets() {
-        let e = env(&[("REPO_DEPLOY_AWS_SECRET_KEY", "sekrit123")]);
+        let e = env(&[("REPO_DEPLOY_AWS_SECRET_KEY", "sekrit123"), ("REPO_DEPLOY_AWS_ACCESS_KEY", "AKIAEXAMPLE1")]);
         let s = Settings::resolve_in(&cli(&["-r", "https://u:pw123@h/a.zip"]), &e, Path::new("/")).expect("settings");
         let d = s.describe();
         assert!(!d.contains("sekrit123") && !d.contains("pw123"), "{d}");
         assert!(s.secrets().contains(&"sekrit123".to_string()));
+    }
+
+    #[test]
+    fn telemetry_keys_have_defaults_and_are_validated() {
+        let s = Settings::resolve_in(&cli(&["-r", "/a.zip"]), &env(&[]), Path::new("/")).expect("settings");
+        assert_eq!(s.telemetry.listen, None);
+        assert_eq!(s.telemetry.health_periods, 3);
+        assert_eq!(s.telemetry.trigger_token, None);
+        assert_eq!(s.telemetry.trigger_min_interval, Duration::from_secs(10));
+        assert_eq!(s.splay, Duration::ZERO);
+
+        let e = env(&[
+            ("REPO_DEPLOY_LISTEN", "127.0.0.1:9469"),
+            ("REPO_DEPLOY_HEALTH_PERIODS", "2"),
+            ("REPO_DEPLOY_TRIGGER_TOKEN", "s3cret-token-0123456789"),
+            ("REPO_DEPLOY_TRIGGER_MIN_INTERVAL", "30"),
+            ("REPO_DEPLOY_SPLAY", "90"),
+        ]);
+        let s = Settings::resolve_in(&cli(&["-r", "/a.zip"]), &e, Path::new("/")).expect("settings");
+        assert_eq!(s.telemetry.listen, Some("127.0.0.1:9469".parse().expect("addr")));
+        assert_eq!(s.telemetry.health_periods, 2);
+        assert_eq!(s.telemetry.trigger_min_interval, Duration::from_secs(30));
+        assert_eq!(s.splay, Duration::from_secs(90));
+        assert!(s.secrets().contains(&"s3cret-token-0123456789".to_string()));
+        let described = s.describe();
+        assert!(described.contains("listen = 127.0.0.1:9469"), "{described}");
+        assert!(!described.contains("s3cret-token") && described.contains("trigger-token = ***"), "{described}");
+        assert!(!format!("{s:?}").contains("s3cret-token"));
+
+        for (k, v) in [
+            ("LISTEN", "localhost"),
+            ("LISTEN", "127.0.0.1"),
+            ("LISTEN", "127.0.0.1:99999"),
+            ("HEALTH_PERIODS", "0"),
+            ("HEALTH_PERIODS", "x"),
+            ("TRIGGER_TOKEN", "short"),
+            ("TRIGGER_TOKEN", "has a space in the middle"),
+            ("TRIGGER_MIN_INTERVAL", "0"),
+            ("SPLAY", "-1"),
+            ("SPLAY", "soon"),
+        ] {
+            let e = env(&[("REPO_DEPLOY_REMOTE", "/a.zip"), (&format!("REPO_DEPLOY_{k}"), v)]);
+            let err = Settings::resolve_in(&cli(&[]), &e, Path::new("/")).expect_err(&format!("{k}={v}"));
+            assert!(matches!(err, ConfigError::Value { .. }), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_refused_trigger_token_is_not_echoed() {
+        let e = env(&[("REPO_DEPLOY_REMOTE", "/a.zip"), ("REPO_DEPLOY_TRIGGER_TOKEN", "tooshort1")]);
+        let err = Settings::resolve_in(&cli(&[]), &e, Path::new("/")).expect_err("short token");
+        assert!(!err.to_string().contains("tooshort1"), "{err}");
     }
 }

@@ -17,7 +17,10 @@ use crate::config::{ConfigError, Settings};
 use crate::cycle::{self, CycleError, Outcome};
 use crate::exit::Exit;
 use crate::lock::{self, DeployLock, LockError};
+use crate::schedule;
 use crate::source::Source;
+use crate::state::LastCheck;
+use crate::telemetry::Telemetry;
 
 /// The signals the agent listens to.
 struct Signals {
@@ -25,6 +28,7 @@ struct Signals {
     int: Signal,
     hup: Signal,
     usr1: Signal,
+    usr2: Signal,
 }
 
 impl Signals {
@@ -34,6 +38,7 @@ impl Signals {
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
             usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 }
@@ -84,9 +89,16 @@ pub async fn run(mut settings: Settings, reload: impl Fn() -> Result<Settings, C
 
     if settings.once {
         let (result, _) = guarded_check(&settings, &source, &mut signals).await;
-        return report(&result);
+        return report(&settings, &result);
     }
 
+    let telemetry = match Telemetry::start(&settings).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return Exit::Failed;
+        }
+    };
     tracing::info!(
         "repo-deploy {} watching {} on schedule \"{}\" (lock {})",
         env!("CARGO_PKG_VERSION"),
@@ -94,16 +106,18 @@ pub async fn run(mut settings: Settings, reload: impl Fn() -> Result<Settings, C
         settings.schedule.as_str(),
         held.path().display()
     );
+    log_splay(&settings);
     let mut check_now = true;
     loop {
         if check_now {
-            let (result, pending) = guarded_check(&settings, &source, &mut signals).await;
-            report(&result);
+            let (result, pending) = telemetry.observe(guarded_check(&settings, &source, &mut signals)).await;
+            report(&settings, &result);
+            telemetry.checked(&result, &settings);
             if pending.stop {
                 break;
             }
             if pending.reload {
-                reconfigure(&mut settings, &mut source, &mut held, &reload).await;
+                reload_with(&telemetry, &mut settings, &mut source, &mut held, &reload).await;
             }
             check_now = pending.check_now;
             if check_now {
@@ -115,22 +129,55 @@ pub async fn run(mut settings: Settings, reload: impl Fn() -> Result<Settings, C
             () = sleep_or_forever(wait) => check_now = true,
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
-            _ = signals.hup.recv() => reconfigure(&mut settings, &mut source, &mut held, &reload).await,
+            _ = signals.hup.recv() => reload_with(&telemetry, &mut settings, &mut source, &mut held, &reload).await,
             _ = signals.usr1.recv() => {
                 tracing::info!("SIGUSR1: checking now");
                 check_now = true;
             }
+            // `repo-deploy rollback` asks through a request file (we hold the lock); one that
+            // arrives during a check waits for it, as the signal stays pending until here.
+            _ = signals.usr2.recv() => crate::commands::serve_rollback_request(&settings).await,
+            () = telemetry.triggered() => check_now = true,
         }
     }
+    telemetry.stopping();
     tracing::info!("stopped");
     Exit::Ok
 }
 
-/// Time until the schedule's next slot after now (`None`: it never fires again).
+/// Time until the schedule's next slot after now, plus this host's splay (`None`: it never
+/// fires again).
 fn next_wait(settings: &Settings) -> Option<Duration> {
     let now = Local::now();
     let next = settings.schedule.next_after(&now)?;
-    Some((next - now).to_std().unwrap_or(Duration::ZERO))
+    Some((next - now).to_std().unwrap_or(Duration::ZERO) + splay(settings))
+}
+
+/// This host's delay after each scheduled time: a part of `splay` that depends only on the
+/// host name and the remote, so it is the same at every start and differs across a fleet.
+fn splay(settings: &Settings) -> Duration {
+    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    schedule::splay(settings.splay, &format!("{host}\n{}", settings.remote_display))
+}
+
+fn log_splay(settings: &Settings) {
+    if settings.splay.is_zero() {
+        return;
+    }
+    let delay = splay(settings);
+    tracing::info!(
+        "splay: scheduled checks run {:.1}s after their time (this host's share of splay = {}s)",
+        delay.as_secs_f64(),
+        settings.splay.as_secs_f64()
+    );
+    if let Some(period) = settings.schedule.period_after(&Local::now())
+        && delay >= period
+    {
+        tracing::warn!(
+            "splay: the delay is longer than the schedule's period ({}s): some scheduled times will be skipped",
+            period.as_secs_f64()
+        );
+    }
 }
 
 async fn sleep_or_forever(wait: Option<Duration>) {
@@ -176,15 +223,38 @@ async fn with_signals<T>(
     }
 }
 
-/// Log a check's result and map it to an exit status.
-fn report(result: &Result<Outcome, CycleError>) -> Exit {
+/// Log a check's result, record it for `status`, and map it to an exit status.
+fn report(settings: &Settings, result: &Result<Outcome, CycleError>) -> Exit {
+    let dir = &settings.directory;
     match result {
-        Ok(_) => Exit::Ok,
+        Ok(Outcome::Unchanged { .. }) => LastCheck::record(dir, "unchanged", None),
+        Ok(Outcome::Deployed { .. }) => LastCheck::record(dir, "deployed", None),
         Err(e) => {
             tracing::error!("check failed: {e}");
-            e.exit()
+            let result = match e {
+                CycleError::Failed(_) => "failed",
+                CycleError::Blocked { .. } => "blocked",
+                CycleError::RolledBack { .. } => "rolled_back",
+                CycleError::Interrupted => "interrupted",
+            };
+            LastCheck::record(dir, result, Some(crate::logging::mask(&e.to_string())));
         }
     }
+    result.as_ref().map_or_else(CycleError::exit, |_| Exit::Ok)
+}
+
+/// SIGHUP, told to systemd (RELOADING … READY) and to telemetry (which applies the new
+/// `listen`, token and health settings).
+async fn reload_with(
+    telemetry: &Telemetry,
+    settings: &mut Settings,
+    source: &mut Source,
+    held: &mut DeployLock,
+    reload: &impl Fn() -> Result<Settings, ConfigError>,
+) {
+    telemetry.reloading();
+    reconfigure(settings, source, held, reload).await;
+    telemetry.reloaded(settings).await;
 }
 
 /// SIGHUP: re-read the configuration; keep the old one if the new one is broken.

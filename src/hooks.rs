@@ -97,10 +97,11 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, HookError> {
         let entry = entry.map_err(|e| HookError::List(dir.into(), e))?;
         let name = entry.file_name();
         let bytes = name.as_bytes();
+        let path = entry.path();
         if bytes.starts_with(b".") || bytes.ends_with(b"~") {
+            tracing::debug!("skipping {}: hidden or backup file name", path.display());
             continue;
         }
-        let path = entry.path();
         // fs::metadata follows symlinks; a dangling one is skipped like any non-file.
         match fs::metadata(&path) {
             Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => hooks.push(path),
@@ -123,7 +124,9 @@ pub async fn run_parts(
 ) -> Result<usize, HookError> {
     let hooks = list(dir)?;
     for hook in &hooks {
-        run_one(hook, env, timeout, cancel).await?;
+        let result = run_one(hook, env, timeout, cancel).await;
+        crate::telemetry::hook_ran(hook, env.phase, &result);
+        result?;
     }
     Ok(hooks.len())
 }

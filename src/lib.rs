@@ -6,6 +6,7 @@
 
 pub mod activate;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod cycle;
 pub mod daemon;
@@ -18,4 +19,7 @@ pub mod remote;
 pub mod schedule;
 pub mod source;
 pub mod state;
+pub mod treesync;
+pub mod systemd;
+pub mod telemetry;
 pub mod unpack;

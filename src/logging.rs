@@ -21,10 +21,14 @@ pub fn register_secret(secret: &str) {
     if secret.len() < 3 {
         return; // masking "a" everywhere would garble every line and protect nothing
     }
-    if let Ok(mut list) = secrets().write()
-        && !list.iter().any(|s| s == secret)
-    {
-        list.push(secret.to_string());
+    // In a JSON log line a secret with `"` or `\` in it appears escaped: mask that form too.
+    let escaped = serde_json::to_string(secret).ok().map(|q| q[1..q.len() - 1].to_string());
+    if let Ok(mut list) = secrets().write() {
+        for form in std::iter::once(secret.to_string()).chain(escaped) {
+            if !list.contains(&form) {
+                list.push(form);
+            }
+        }
         // Longest first, so a secret that contains another is masked whole.
         list.sort_by_key(|s| std::cmp::Reverse(s.len()));
     }
@@ -47,13 +51,28 @@ pub fn mask(text: &str) -> String {
 /// (such as the AWS SDK probing the instance metadata service off EC2). Events go to stderr
 /// through the masking writer.
 pub fn init(verbose: bool) {
+    init_with_format(verbose, false);
+}
+
+/// As [`init`]; with `json`, each event is one JSON object on one line (`timestamp`, `level`,
+/// `message`, the event's other fields, `target`) for log shippers, masked like the rest.
+pub fn init_with_format(verbose: bool, json: bool) {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
     let (ours, theirs) = if verbose { (LevelFilter::DEBUG, LevelFilter::WARN) } else { (LevelFilter::INFO, LevelFilter::ERROR) };
     let ansi = rustix::termios::isatty(std::io::stderr());
     let filter = Targets::new().with_target("repo_deploy", ours).with_default(theirs);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(MaskingStderr).with_target(verbose).with_ansi(ansi);
-    let _ = tracing_subscriber::registry().with(fmt).with(filter).try_init();
+    let human = (!json)
+        .then(|| tracing_subscriber::fmt::layer().with_writer(MaskingStderr).with_target(verbose).with_ansi(ansi));
+    let json = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(MaskingStderr)
+    });
+    let _ = tracing_subscriber::registry().with(human).with(json).with(filter).try_init();
 }
 
 /// A `MakeWriter` whose writers buffer one event and mask it before it reaches stderr.
@@ -96,6 +115,13 @@ mod tests {
         register_secret("hunter2");
         let line = mask("GET https://u:hunter2-secret@h/ failed; pass hunter2");
         assert_eq!(line, "GET https://u:***@h/ failed; pass ***");
+    }
+
+    #[test]
+    fn json_escaped_secrets_are_masked() {
+        register_secret(r#"pa"ss\word"#);
+        let line = serde_json::json!({ "message": r#"login with pa"ss\word failed"# }).to_string();
+        assert_eq!(mask(&line), r#"{"message":"login with *** failed"}"#);
     }
 
     #[test]

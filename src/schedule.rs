@@ -46,6 +46,31 @@ impl Schedule {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// The schedule's period as seen from `now`: the time between its next two fire times
+    /// (`None` when it fires fewer than twice more). Irregular schedules ("0 3 * * mon-fri")
+    /// have a period that depends on `now`.
+    pub fn period_after(&self, now: &DateTime<Local>) -> Option<std::time::Duration> {
+        let next = self.next_after(now)?;
+        let after = self.next_after(&next)?;
+        (after - next).to_std().ok()
+    }
+}
+
+/// This host's delay after each scheduled time (the `splay` key): a fraction of `max` taken
+/// from a hash of `key` (the host name and the remote), so each host of a fleet keeps the same
+/// delay across restarts while the fleet spreads over `[0, max)`.
+pub fn splay(max: std::time::Duration, key: &str) -> std::time::Duration {
+    use sha2::{Digest, Sha256};
+    if max.is_zero() {
+        return max;
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    // A 53-bit fraction in [0, 1): exact in an f64, so the delay is strictly below `max`.
+    let fraction = (u64::from_be_bytes(first) >> 11) as f64 / (1u64 << 53) as f64;
+    max.mul_f64(fraction)
 }
 
 #[cfg(test)]
@@ -73,6 +98,28 @@ mod tests {
         let t = Local.with_ymd_and_hms(2026, 1, 1, 0, 0, 3).single().expect("time");
         let next = s.next_after(&t).expect("next");
         assert_eq!((next - t).num_seconds(), 7);
+    }
+
+    #[test]
+    fn period_is_the_gap_between_the_next_two_fire_times() {
+        let t = Local.with_ymd_and_hms(2026, 1, 1, 0, 0, 3).single().expect("time");
+        let every_10s = Schedule::parse("*/10 * * * * *").expect("valid");
+        assert_eq!(every_10s.period_after(&t), Some(std::time::Duration::from_secs(10)));
+        let hourly = Schedule::parse("@hourly").expect("valid");
+        assert_eq!(hourly.period_after(&t), Some(std::time::Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn splay_is_stable_per_key_below_max_and_spread() {
+        use std::time::Duration;
+        let max = Duration::from_secs(60);
+        assert_eq!(splay(Duration::ZERO, "web1\nhttps://h/a.zip"), Duration::ZERO);
+        let a = splay(max, "web1\nhttps://h/a.zip");
+        assert_eq!(a, splay(max, "web1\nhttps://h/a.zip"), "stable across calls");
+        let delays: Vec<Duration> = (0..50).map(|i| splay(max, &format!("web{i}\nhttps://h/a.zip"))).collect();
+        assert!(delays.iter().all(|d| *d < max), "{delays:?}");
+        let early = delays.iter().filter(|d| **d < max / 2).count();
+        assert!((10..=40).contains(&early), "50 hosts should spread over the window: {delays:?}");
     }
 
     #[test]

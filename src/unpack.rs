@@ -94,6 +94,10 @@ pub enum UnpackError {
         declared: u64,
         actual: u64,
     },
+    #[error("entry {path:?}: its header claims data past the end of the entries, the archive is corrupt")]
+    PastTheEntries { path: String },
+    #[error("entry {path:?}: shares bytes with entry {other:?} (an overlapping zip bomb or a corrupt archive)")]
+    Overlap { path: String, other: String },
     #[error("entry {path:?}: CRC-32 mismatch, the archive is corrupt")]
     CrcMismatch { path: String },
     #[error("entry {path:?}: corrupt data: {source}")]
@@ -143,6 +147,9 @@ pub fn unpack_zip(
         });
     }
     let mut planner = Planner::new(*limits);
+    let directory_start = zip.central_directory_start();
+    // (local header start, end of data, path) of every entry.
+    let mut spans = Vec::with_capacity(zip.len());
     for index in 0..zip.len() {
         check(cancel)?;
         let name = zip
@@ -177,6 +184,16 @@ pub fn unpack_zip(
                 return Err(UnpackError::UnsupportedCompression { path, method });
             }
         }
+        // Headers lie about sizes (ZIP64 ones too): an entry's bytes must end before the
+        // central directory, and no two entries may share bytes (the overlapping zip bomb).
+        let start = entry.header_start();
+        let end = (entry.data_start().unwrap_or(start))
+            .checked_add(entry.compressed_size())
+            .filter(|&end| end <= directory_start);
+        let Some(end) = end else {
+            return Err(UnpackError::PastTheEntries { path });
+        };
+        spans.push((start, end, path.clone()));
         let extended = entry.extra_data_fields().find_map(|field| match field {
             ExtraField::ExtendedTimestamp(ts) => ts.mod_time(),
             _ => None,
@@ -207,6 +224,13 @@ pub fn unpack_zip(
             mode,
             mtime,
         })?;
+    }
+    spans.sort_unstable();
+    if let Some(pair) = spans.windows(2).find(|pair| pair[0].1 > pair[1].0) {
+        return Err(UnpackError::Overlap {
+            path: pair[1].2.clone(),
+            other: pair[0].2.clone(),
+        });
     }
     let entries = planner.finish()?;
     build(&entries, dest, limits, cancel, &ZipContents(zip))
@@ -285,6 +309,76 @@ pub fn copy_tree(
     }
     let entries = planner.finish()?;
     build(&entries, dest, limits, cancel, &TreeContents(src))
+}
+
+/// Validate a tree that something else already wrote into `dir` (a git checkout) by the rules
+/// of [`copy_tree`]: names, types, symlink targets, duplicates, letter case and the limits.
+/// Nothing is written; on error the caller deletes `dir`. Blocking: run it on a blocking thread.
+pub fn check_tree(dir: &Path, limits: &Limits, cancel: &CancellationToken) -> Result<Summary> {
+    let mut planner = Planner::new(*limits);
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel) = pending.pop() {
+        check(cancel)?;
+        let shown = rel.to_string_lossy().into_owned();
+        let failed = |source| UnpackError::Io {
+            path: shown.clone(),
+            action: "read directory",
+            source,
+        };
+        let mut children = fs::read_dir(dir.join(&rel))
+            .map_err(failed)?
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(failed)?;
+        children.sort_by_key(fs::DirEntry::file_name);
+        for child in children {
+            let rel = rel.join(child.file_name());
+            let meta = child
+                .metadata()
+                .map_err(|e| io_error(&rel.to_string_lossy(), "stat", e))?;
+            let (path, kind) =
+                planner.admit(rel.as_os_str().as_bytes(), Some(meta.mode()), false)?;
+            let kind = match kind {
+                Type::Dir => {
+                    pending.push(rel);
+                    Kind::Dir
+                }
+                Type::File => Kind::File {
+                    size: meta.len(),
+                    index: 0,
+                },
+                Type::Symlink => match fs::read_link(dir.join(&rel)) {
+                    Ok(target) => Kind::Symlink {
+                        target: target.into_os_string().into_vec(),
+                    },
+                    Err(source) => {
+                        return Err(UnpackError::Io {
+                            path,
+                            action: "read symlink",
+                            source,
+                        });
+                    }
+                },
+            };
+            planner.add(Entry {
+                path,
+                kind,
+                mode: meta.mode() & 0o777,
+                mtime: None,
+            })?;
+        }
+    }
+    let mut summary = Summary::default();
+    for entry in planner.finish()? {
+        match entry.kind {
+            Kind::Dir => summary.dirs += 1,
+            Kind::File { size, .. } => {
+                summary.files += 1;
+                summary.bytes += size;
+            }
+            Kind::Symlink { .. } => summary.symlinks += 1,
+        }
+    }
+    Ok(summary)
 }
 
 /// The longest entry name or symlink target accepted (Linux `PATH_MAX`).

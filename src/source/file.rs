@@ -50,10 +50,7 @@ fn fetch_blocking(path: &Path, known: Option<&str>, cancel: &CancellationToken) 
     if known == Some(stamp.as_str()) {
         return Ok(Fetched::Unchanged);
     }
-    let sha256 = match &content {
-        Content::Dir(dir) => tree_digest(dir, true, cancel)?,
-        Content::Zip(file) => file_digest(file)?,
-    };
+    let sha256 = if meta.is_dir() { tree_digest(path, true, cancel)? } else { file_digest(path)? };
     Ok(Fetched::New(Artifact {
         content,
         stamp: Stamp { version: sha256.clone(), etag: None, last_modified: None, local: Some(stamp) },

@@ -76,7 +76,7 @@ impl HttpSource {
         }
         let shown = &self.shown;
         let mut resp = tokio::select! {
-            r = req.send() => r.map_err(|e| anyhow!("cannot reach {shown}: {}", describe(&e)))?,
+            r = req.send() => r.map_err(|e| anyhow!("cannot reach {shown}: {}{}", describe(&e), self.stall_hint(&e)))?,
             () = cancel.cancelled() => bail!("interrupted while contacting {shown}"),
         };
         let status = resp.status();
@@ -109,7 +109,7 @@ impl HttpSource {
             let chunk = tokio::select! {
                 c = tokio::time::timeout(self.stall, resp.chunk()) => match c {
                     Err(_) => bail!("download of {shown} stalled: nothing received for {}s (stall-timeout)", self.stall.as_secs()),
-                    Ok(c) => c.map_err(|e| anyhow!("download of {shown} failed after {received} bytes: {}", describe(&e)))?,
+                    Ok(c) => c.map_err(|e| anyhow!("download of {shown} failed after {received} bytes: {}{}", describe(&e), self.stall_hint(&e)))?,
                 },
                 () = cancel.cancelled() => bail!("interrupted while downloading {shown}"),
             };
@@ -139,6 +139,16 @@ impl HttpSource {
             sha256,
             _download: Some(download),
         }))
+    }
+
+    /// reqwest's read timeout is `stall-timeout` and usually fires before our own timer:
+    /// name the setting, so the operator knows which knob to turn.
+    fn stall_hint(&self, e: &reqwest::Error) -> String {
+        if e.is_timeout() && !e.is_connect() {
+            format!(" (stalled: nothing received for {}s, stall-timeout)", self.stall.as_secs())
+        } else {
+            String::new()
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! has a single `fetch`. Adding a remote kind touches only this folder and `remote.rs`.
 
 mod file;
+mod git;
 mod http;
 pub mod s3;
 
@@ -47,6 +48,8 @@ pub struct Artifact {
 pub enum Content {
     Zip(PathBuf),
     Dir(PathBuf),
+    /// Trees in the git cache, written out by `git checkout-index`.
+    Git(git::Checkout),
 }
 
 impl Artifact {
@@ -56,6 +59,7 @@ impl Artifact {
         match &self.content {
             Content::Zip(zip) => unpack::unpack_zip(zip, dest, limits, cancel),
             Content::Dir(tree) => unpack::copy_tree(tree, dest, limits, cancel),
+            Content::Git(checkout) => checkout.write_into(dest, limits, cancel),
         }
     }
 }
@@ -65,6 +69,7 @@ impl Artifact {
 pub enum Source {
     Http(http::HttpSource),
     S3(s3::S3Source),
+    Git(git::GitSource),
     Local(file::LocalSource),
 }
 
@@ -74,8 +79,8 @@ impl Source {
         match &settings.remote {
             Remote::Http(url) => Ok(Source::Http(http::HttpSource::new(url, settings)?)),
             Remote::S3 { bucket, key } => Ok(Source::S3(s3::S3Source::new(bucket, key, settings).await?)),
+            Remote::Git(git) => Ok(Source::Git(git::GitSource::new(git, settings)?)),
             Remote::Local(path) => Ok(Source::Local(file::LocalSource::new(path))),
-            other => anyhow::bail!("{} remotes are not supported yet", other.kind()),
         }
     }
 
@@ -84,6 +89,7 @@ impl Source {
         match self {
             Source::Http(s) => s.fetch(known, cancel).await,
             Source::S3(s) => s.fetch(known, cancel).await,
+            Source::Git(s) => s.fetch(known, cancel).await,
             Source::Local(s) => s.fetch(known, cancel).await,
         }
     }

@@ -245,6 +245,13 @@ impl S3Source {
                 "the S3 endpoint refused the credentials from {creds} ({code}) for bucket {bucket}, key {key}: check the access key and secret"
             ),
             _ => match e {
+                // The SDK reports a failure to get credentials (none found, an unreachable
+                // instance metadata service, a broken profile) as a dispatch failure of kind
+                // "other", before anything is sent: that is not an unreachable endpoint.
+                SdkError::DispatchFailure(d) if !d.is_io() && !d.is_timeout() && chain(e).contains("credential") => anyhow!(
+                    "cannot get credentials from {creds} for bucket {bucket}, key {key}: {}; set aws-access-key and aws-secret-key, write ~/.amazon/account-key, or give the AWS chain credentials (environment, ~/.aws profile, web identity, container, instance role)",
+                    chain(e)
+                ),
                 SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => anyhow!(
                     "cannot reach the S3 endpoint {} for bucket {bucket}, key {key}: {}",
                     self.endpoint.as_deref().unwrap_or("of AWS"),

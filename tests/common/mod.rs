@@ -1248,3 +1248,1056 @@ impl Drop for Stub {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hand-made ZIP archives: every header field as the test says, lies included
+
+/// One entry of [`raw_zip`]. Both headers carry the same fields, except the name when
+/// `local_name` is set.
+#[derive(Debug, Clone)]
+pub struct RawEntry {
+    pub name: Vec<u8>,
+    /// A different name for the local header (the central one is `name`).
+    pub local_name: Option<Vec<u8>>,
+    /// What follows the local header: the entry's bytes, already compressed for `method`.
+    pub data: Vec<u8>,
+    pub method: u16,
+    pub flags: u16,
+    pub crc: u32,
+    pub compressed_size: u64,
+    pub uncompressed_size: u64,
+    /// "Version made by": high byte 3 (Unix) makes readers honour `external_attrs >> 16`.
+    pub made_by: u16,
+    pub external_attrs: u32,
+    /// Extra fields for both headers (a ZIP64 field is put first when `zip64` is set).
+    pub extra: Vec<u8>,
+    /// Write both sizes as 0xFFFFFFFF and the values above in a ZIP64 extra field.
+    pub zip64: bool,
+    /// Where the central header says the local header is (default: where it was written).
+    pub offset: Option<u32>,
+}
+
+/// A CRC-32 (IEEE), as ZIP headers carry it.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(data);
+    h.finalize()
+}
+
+impl RawEntry {
+    /// A stored regular file, mode 0644, with truthful headers.
+    pub fn stored(name: impl AsRef<[u8]>, data: &[u8]) -> RawEntry {
+        RawEntry {
+            name: name.as_ref().to_vec(),
+            local_name: None,
+            data: data.to_vec(),
+            method: 0,
+            flags: 0,
+            crc: crc32(data),
+            compressed_size: data.len() as u64,
+            uncompressed_size: data.len() as u64,
+            made_by: 0x031e,
+            external_attrs: 0o100644 << 16,
+            extra: Vec::new(),
+            zip64: false,
+            offset: None,
+        }
+    }
+
+    /// A deflated regular file, mode 0644, with truthful headers.
+    pub fn deflated(name: impl AsRef<[u8]>, data: &[u8]) -> RawEntry {
+        let packed = deflate(data);
+        RawEntry {
+            method: 8,
+            compressed_size: packed.len() as u64,
+            data: packed,
+            ..RawEntry::stored(name, data)
+        }
+    }
+
+    /// Set the Unix `st_mode` (type bits included).
+    pub fn mode(mut self, st_mode: u32) -> RawEntry {
+        self.external_attrs = st_mode << 16;
+        self
+    }
+}
+
+/// The raw deflate stream of `data`, cut out of a one-entry archive the zip crate wrote.
+pub fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let opts = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    w.start_file("x", opts).expect("start_file");
+    w.write_all(data).expect("deflate");
+    let bytes = w.finish().expect("finish zip").into_inner();
+    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
+    let (central, _) = central_entries(&bytes)[0];
+    let size = u32::from_le_bytes(
+        bytes[central + 20..central + 24]
+            .try_into()
+            .expect("4 bytes"),
+    );
+    let start = 30 + u16_at(26) + u16_at(28);
+    bytes[start..start + size as usize].to_vec()
+}
+
+/// How [`raw_zip_with`] ends the archive.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawEnd {
+    /// Write a ZIP64 end-of-central-directory record and locator (the classic record then
+    /// holds 0xFFFF/0xFFFFFFFF).
+    pub zip64: bool,
+    /// The entry count to declare instead of the real one.
+    pub count: Option<u64>,
+    /// The central directory size to declare instead of the real one.
+    pub cd_size: Option<u64>,
+}
+
+/// A ZIP of `entries` exactly as described, with a classic end record.
+pub fn raw_zip(entries: &[RawEntry]) -> Vec<u8> {
+    raw_zip_with(entries, RawEnd::default())
+}
+
+/// A ZIP of `entries` exactly as described, ended as `end` says.
+pub fn raw_zip_with(entries: &[RawEntry], end: RawEnd) -> Vec<u8> {
+    fn u16le(v: &mut Vec<u8>, x: u16) {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    fn u32le(v: &mut Vec<u8>, x: u32) {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    fn u64le(v: &mut Vec<u8>, x: u64) {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    let (mut out, mut central) = (Vec::new(), Vec::new());
+    // 1980-01-01 00:00:00 in DOS form.
+    let (time, date) = (0u16, 0x21u16);
+    for e in entries {
+        let offset = e.offset.unwrap_or(out.len() as u32);
+        let mut extra = Vec::new();
+        let (csize, usize_) = if e.zip64 {
+            u16le(&mut extra, 0x0001);
+            u16le(&mut extra, 16);
+            u64le(&mut extra, e.uncompressed_size);
+            u64le(&mut extra, e.compressed_size);
+            (u32::MAX, u32::MAX)
+        } else {
+            (e.compressed_size as u32, e.uncompressed_size as u32)
+        };
+        extra.extend_from_slice(&e.extra);
+        let needed = if e.zip64 { 45 } else { 20 };
+        let local_name = e.local_name.as_ref().unwrap_or(&e.name);
+
+        u32le(&mut out, 0x0403_4b50);
+        u16le(&mut out, needed);
+        u16le(&mut out, e.flags);
+        u16le(&mut out, e.method);
+        u16le(&mut out, time);
+        u16le(&mut out, date);
+        u32le(&mut out, e.crc);
+        u32le(&mut out, csize);
+        u32le(&mut out, usize_);
+        u16le(&mut out, local_name.len() as u16);
+        u16le(&mut out, extra.len() as u16);
+        out.extend_from_slice(local_name);
+        out.extend_from_slice(&extra);
+        out.extend_from_slice(&e.data);
+
+        u32le(&mut central, 0x0201_4b50);
+        u16le(&mut central, e.made_by);
+        u16le(&mut central, needed);
+        u16le(&mut central, e.flags);
+        u16le(&mut central, e.method);
+        u16le(&mut central, time);
+        u16le(&mut central, date);
+        u32le(&mut central, e.crc);
+        u32le(&mut central, csize);
+        u32le(&mut central, usize_);
+        u16le(&mut central, e.name.len() as u16);
+        u16le(&mut central, extra.len() as u16);
+        u16le(&mut central, 0); // comment
+        u16le(&mut central, 0); // disk
+        u16le(&mut central, 0); // internal attributes
+        u32le(&mut central, e.external_attrs);
+        u32le(&mut central, offset);
+        central.extend_from_slice(&e.name);
+        central.extend_from_slice(&extra);
+    }
+    let cd_offset = out.len() as u64;
+    let count = end.count.unwrap_or(entries.len() as u64);
+    let cd_size = end.cd_size.unwrap_or(central.len() as u64);
+    out.extend_from_slice(&central);
+    if end.zip64 {
+        let record = out.len() as u64;
+        u32le(&mut out, 0x0606_4b50);
+        u64le(&mut out, 44);
+        u16le(&mut out, 0x031e);
+        u16le(&mut out, 45);
+        u32le(&mut out, 0);
+        u32le(&mut out, 0);
+        u64le(&mut out, count);
+        u64le(&mut out, count);
+        u64le(&mut out, cd_size);
+        u64le(&mut out, cd_offset);
+        u32le(&mut out, 0x0706_4b50);
+        u32le(&mut out, 0);
+        u64le(&mut out, record);
+        u32le(&mut out, 1);
+    }
+    let small = |v: u64, max: u64| if end.zip64 { max } else { v.min(max) };
+    u32le(&mut out, 0x0605_4b50);
+    u16le(&mut out, 0);
+    u16le(&mut out, 0);
+    u16le(&mut out, small(count, 0xFFFF) as u16);
+    u16le(&mut out, small(count, 0xFFFF) as u16);
+    u32le(&mut out, small(cd_size, 0xFFFF_FFFF) as u32);
+    u32le(&mut out, small(cd_offset, 0xFFFF_FFFF) as u32);
+    u16le(&mut out, 0);
+    out
+}
+
+/// The offset of the end-of-central-directory record and where the central directory starts.
+pub fn central_directory(bytes: &[u8]) -> (usize, usize) {
+    let eocd = (0..=bytes.len() - 22)
+        .rev()
+        .find(|&o| bytes[o..o + 4] == [0x50, 0x4b, 0x05, 0x06])
+        .expect("no EOCD");
+    let start = u32::from_le_bytes(bytes[eocd + 16..eocd + 20].try_into().expect("4 bytes"));
+    (eocd, start as usize)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A corpus of hostile archives
+
+/// The limits [`hostile_cases`] assume, as configuration lines.
+pub const HOSTILE_LIMITS: &str = "max-files = 50\nmax-size = 1M\n";
+pub const HOSTILE_MAX_SIZE: u64 = 1 << 20;
+pub const HOSTILE_MAX_FILES: u64 = 50;
+
+/// One hostile archive and what its refusal must say.
+pub struct HostileCase {
+    /// Which of the kinds it is (several cases may share one).
+    pub kind: &'static str,
+    /// A short unique name.
+    pub name: &'static str,
+    pub bytes: Vec<u8>,
+    /// Every string the error must contain: the entry and the problem.
+    pub expect: Vec<String>,
+    /// Where an escape would write; none may exist afterwards and their parents must not change.
+    pub targets: Vec<PathBuf>,
+}
+
+/// The hostile archives, for a release unpacked in `<root>/deploy/releases/<staging>` (three
+/// `..` from there is `root`), with `<root>/canary` the directory escapes aim at. Limits:
+/// [`HOSTILE_LIMITS`].
+pub fn hostile_cases(root: &Path) -> Vec<HostileCase> {
+    let canary = root.join("canary");
+    let releases = root.join("deploy/releases");
+    let q = |s: &str| format!("{s:?}");
+    let s = |s: &str| s.to_string();
+    let mut cases = Vec::new();
+    let mut case = |kind, name, bytes, expect: Vec<String>, targets: Vec<PathBuf>| {
+        cases.push(HostileCase {
+            kind,
+            name,
+            bytes,
+            expect,
+            targets,
+        })
+    };
+    let ok = || file("ok.txt", "fine\n", 0o644);
+    let abs = |name: &str| canary.join(name).to_str().expect("utf8 path").to_string();
+
+    // Names that leave the release.
+    case(
+        "dotdot",
+        "dotdot-to-canary",
+        zip_bytes(&[ok(), file("../../../canary/evil-dotdot", "x", 0o644)]),
+        vec![
+            q("../../../canary/evil-dotdot"),
+            s("contains a `..` component"),
+        ],
+        vec![canary.join("evil-dotdot")],
+    );
+    case(
+        "dotdot",
+        "dotdot-one-level",
+        zip_bytes(&[file("../evil-up1", "x", 0o644)]),
+        vec![q("../evil-up1"), s("`..`")],
+        vec![releases.join("evil-up1")],
+    );
+    case(
+        "dotdot",
+        "dotdot-after-a-name",
+        zip_bytes(&[file("sub/../../../evil-up2", "x", 0o644)]),
+        vec![q("sub/../../../evil-up2"), s("`..`")],
+        vec![root.join("deploy/evil-up2")],
+    );
+    case(
+        "absolute",
+        "absolute-path",
+        zip_bytes(&[ok(), file(&abs("evil-abs"), "x", 0o644)]),
+        vec![q(&abs("evil-abs")), s("is absolute")],
+        vec![canary.join("evil-abs")],
+    );
+    case(
+        "windows-drive",
+        "drive-slash",
+        zip_bytes(&[file("C:/evil-drive", "x", 0o644)]),
+        vec![q("C:/evil-drive"), s("Windows drive prefix")],
+        vec![],
+    );
+    case(
+        "windows-drive",
+        "drive-backslash",
+        raw_zip(&[RawEntry::stored(b"C:\\evil-drive2", b"x")]),
+        vec![s("evil-drive2"), s("contains a backslash")],
+        vec![],
+    );
+    case(
+        "backslash",
+        "backslash-dotdot",
+        raw_zip(&[RawEntry::stored(b"..\\..\\..\\canary\\evil-bs", b"x")]),
+        vec![s("evil-bs"), s("contains a backslash")],
+        vec![canary.join("evil-bs")],
+    );
+
+    // Symlinks.
+    case(
+        "symlink-escape-write-through",
+        "relative-link-out-then-write",
+        zip_bytes(&[
+            link("esc", "../../../canary"),
+            file("esc/evil-through", "x", 0o644),
+        ]),
+        vec![q("esc"), s("leaves the release")],
+        vec![canary.join("evil-through")],
+    );
+    case(
+        "symlink-escape-write-through",
+        "absolute-link-then-write",
+        zip_bytes(&[
+            link("absl", canary.to_str().expect("utf8")),
+            file("absl/evil-abs-through", "x", 0o644),
+        ]),
+        vec![q("absl"), s("is absolute")],
+        vec![canary.join("evil-abs-through")],
+    );
+    case(
+        "symlink-escape-write-through",
+        "write-first-then-link-out",
+        zip_bytes(&[
+            file("late/evil-late", "x", 0o644),
+            link("late", "../../../canary"),
+        ]),
+        vec![q("late"), s("leaves the release")],
+        vec![canary.join("evil-late")],
+    );
+    case(
+        "symlink-chain",
+        "chain-through-dot",
+        zip_bytes(&[
+            link("s", "."),
+            link("t", "s/s/.."),
+            file("t/evil-chain", "x", 0o644),
+        ]),
+        vec![q("t"), s("`..` after a name")],
+        vec![releases.join("evil-chain")],
+    );
+    case(
+        "symlink-chain",
+        "chain-of-hops",
+        zip_bytes(&[
+            link("l1", "l2"),
+            link("l2", "l3"),
+            link("l3", "../../../canary"),
+            file("l1/evil-hops", "x", 0o644),
+        ]),
+        vec![q("l3"), s("leaves the release")],
+        vec![canary.join("evil-hops")],
+    );
+    case(
+        "symlink-chain",
+        "chain-up-through-nested-link",
+        zip_bytes(&[
+            link("a/b/up", ".."),
+            link("a/c", "b/up/../../.."),
+            file("a/c/evil-nested", "x", 0o644),
+        ]),
+        vec![q("a/c"), s("`..` after a name")],
+        vec![releases.join("evil-nested")],
+    );
+    case(
+        "directory-replaced-by-symlink",
+        "link-then-entry-below-it",
+        zip_bytes(&[
+            dir("real/", 0o755),
+            link("d", "real"),
+            file("d/evil", "x", 0o644),
+        ]),
+        vec![q("d/evil"), s("directory replaced by a symlink")],
+        vec![],
+    );
+    case(
+        "directory-replaced-by-symlink",
+        "entry-below-then-link",
+        zip_bytes(&[
+            dir("real/", 0o755),
+            file("d/evil", "x", 0o644),
+            link("d", "real"),
+        ]),
+        vec![q("d/evil"), s("directory replaced by a symlink")],
+        vec![],
+    );
+    case(
+        "directory-replaced-by-symlink",
+        "directory-entry-then-link",
+        raw_zip(&[
+            RawEntry::stored("d/", b"").mode(0o040755),
+            RawEntry::stored("d", b"real").mode(0o120777),
+        ]),
+        vec![q("d"), s("appears more than once")],
+        vec![],
+    );
+
+    // Names that collide.
+    case(
+        "duplicate",
+        "same-name-twice",
+        {
+            let mut b = zip_bytes(&[file("same1", "a", 0o644), file("same2", "b", 0o644)]);
+            rename_entry(&mut b, "same2", "same1");
+            b
+        },
+        vec![q("same1"), s("appears more than once")],
+        vec![],
+    );
+    case(
+        "duplicate",
+        "same-after-normalisation",
+        zip_bytes(&[file("x/y", "a", 0o644), file("x//./y", "b", 0o644)]),
+        vec![q("x/y"), s("appears more than once")],
+        vec![],
+    );
+    case(
+        "duplicate",
+        "file-and-directory",
+        zip_bytes(&[dir("fd/", 0o755), file("fd", "b", 0o644)]),
+        vec![q("fd"), s("appears more than once")],
+        vec![],
+    );
+    case(
+        "case-collision",
+        "ascii-case",
+        zip_bytes(&[file("README", "a", 0o644), file("readme", "b", 0o644)]),
+        vec![q("readme"), s("only in letter case")],
+        vec![],
+    );
+    case(
+        "case-collision",
+        "directory-case",
+        zip_bytes(&[file("Docs/a", "a", 0o644), file("docs/b", "b", 0o644)]),
+        vec![q("docs"), s("only in letter case")],
+        vec![],
+    );
+    case(
+        "case-collision",
+        "unicode-case",
+        zip_bytes(&[file("caf\u{c9}", "a", 0o644), file("caf\u{e9}", "b", 0o644)]),
+        vec![q("caf\u{e9}"), s("only in letter case")],
+        vec![],
+    );
+
+    // Entry types.
+    for (name, st_mode, what) in [
+        ("char-device", 0o020644, "character device"),
+        ("block-device", 0o060644, "block device"),
+        ("fifo", 0o010644, "FIFO"),
+        ("socket", 0o140644, "socket"),
+    ] {
+        let mut b = zip_bytes(&[ok(), file("node", "", 0o644)]);
+        set_external_mode(&mut b, "node", st_mode);
+        case(
+            "device-or-fifo",
+            name,
+            b,
+            vec![q("node"), format!("{what} entries are not allowed")],
+            vec![],
+        );
+    }
+
+    // Bombs and limits.
+    let bomb = RawEntry::deflated("bomb.bin", &vec![0u8; 8 << 20]);
+    case(
+        "zip-bomb-ratio",
+        "ratio-honest-header",
+        raw_zip(std::slice::from_ref(&bomb)),
+        vec![q("bomb.bin"), s("total size exceeds 1048576 bytes")],
+        vec![],
+    );
+    case(
+        "zip-bomb-ratio",
+        "ratio-lying-header",
+        raw_zip(&[RawEntry {
+            uncompressed_size: 1000,
+            ..bomb.clone()
+        }]),
+        vec![
+            q("bomb.bin"),
+            s("more than the 1000 bytes its header declares"),
+        ],
+        vec![],
+    );
+    let chunk = vec![7u8; 64 << 10];
+    let many: Vec<RawEntry> = (0..20)
+        .map(|i| RawEntry::deflated(format!("part{i:02}"), &chunk))
+        .collect();
+    case(
+        "zip-bomb-total-size",
+        "many-honest-parts",
+        raw_zip(&many),
+        vec![q("part16"), s("total size exceeds 1048576 bytes")],
+        vec![],
+    );
+    case(
+        "zip-bomb-total-size",
+        "many-parts-lying-small",
+        raw_zip(
+            &many
+                .iter()
+                .map(|e| RawEntry {
+                    uncompressed_size: 100,
+                    ..e.clone()
+                })
+                .collect::<Vec<_>>(),
+        ),
+        vec![s("more than the 100 bytes its header declares")],
+        vec![],
+    );
+    // Fifield's overlapping bomb: every central entry points at the same local data.
+    let shared = RawEntry::deflated("olap00", &vec![0u8; 200 << 10]);
+    // Four entries keep the declared total under max-size: the overlap itself is refused.
+    let overlapping: Vec<RawEntry> = (0..4)
+        .map(|i| RawEntry {
+            name: format!("olap{i:02}").into_bytes(),
+            local_name: Some(b"olap00".to_vec()),
+            offset: Some(0),
+            data: if i == 0 {
+                shared.data.clone()
+            } else {
+                Vec::new()
+            },
+            ..shared.clone()
+        })
+        .collect();
+    case(
+        "zip-bomb-total-size",
+        "overlapping-entries",
+        raw_zip(&overlapping),
+        vec![q("olap01"), s("shares bytes with entry \"olap00\"")],
+        vec![],
+    );
+    let count = HOSTILE_MAX_FILES as usize + 10;
+    let names: Vec<String> = (0..count).map(|i| format!("f{i:03}")).collect();
+    case(
+        "too-many-entries",
+        "flat",
+        zip_bytes(
+            &names
+                .iter()
+                .map(|n| file(n, "x", 0o644))
+                .collect::<Vec<_>>(),
+        ),
+        vec![q("f050"), s("more than 50 entries"), s("raise `max-files`")],
+        vec![],
+    );
+    case(
+        "too-many-entries",
+        "implied-directories",
+        zip_bytes(&[file(&format!("{}leaf", "d/".repeat(count)), "x", 0o644)]),
+        vec![s("more than 50 entries")],
+        vec![],
+    );
+    let long = "n".repeat(300);
+    case(
+        "name-too-long",
+        "component-over-255-bytes",
+        zip_bytes(&[ok(), file(&long, "x", 0o644)]),
+        vec![q(&long), s("name too long for the filesystem")],
+        vec![],
+    );
+    case(
+        "name-too-long",
+        "path-over-4096-bytes",
+        zip_bytes(&[file(
+            &format!("{}f", format!("{}/", "d".repeat(200)).repeat(25)),
+            "x",
+            0o644,
+        )]),
+        vec![s("is longer than 4096 bytes")],
+        vec![],
+    );
+
+    // Names that are not text.
+    case(
+        "invalid-utf8",
+        "utf8-flag-set",
+        raw_zip(&[RawEntry {
+            flags: 1 << 11,
+            ..RawEntry::stored(b"evil\xff.txt", b"x")
+        }]),
+        vec![q("evil\u{fffd}.txt"), s("is not valid UTF-8")],
+        vec![],
+    );
+    case(
+        "invalid-utf8",
+        "cp437-name",
+        raw_zip(&[RawEntry::stored(b"caf\x82\xff", b"x")]),
+        vec![s("is not valid UTF-8")],
+        vec![],
+    );
+    case(
+        "invalid-utf8",
+        "nul-in-name",
+        raw_zip(&[RawEntry::stored(b"evil\0.txt", b"x")]),
+        vec![s("contains a NUL byte")],
+        vec![],
+    );
+
+    // Corrupt structure.
+    case(
+        "crc-mismatch",
+        "stored",
+        raw_zip(&[RawEntry {
+            crc: crc32(b"0123456789") ^ 1,
+            ..RawEntry::stored("data.bin", b"0123456789")
+        }]),
+        vec![q("data.bin"), s("CRC-32 mismatch")],
+        vec![],
+    );
+    case(
+        "crc-mismatch",
+        "deflated",
+        raw_zip(&[
+            RawEntry::stored("ok.txt", b"fine"),
+            RawEntry {
+                crc: 0xdead_beef,
+                ..RawEntry::deflated("big.bin", &vec![3u8; 100_000])
+            },
+        ]),
+        vec![q("big.bin"), s("CRC-32 mismatch")],
+        vec![],
+    );
+    let three = zip_bytes(&[ok(), file("b.txt", "b", 0o644), file("c.txt", "c", 0o644)]);
+    let (eocd, cd) = central_directory(&three);
+    case(
+        "truncated-central-directory",
+        "cut-inside-the-directory",
+        three[..cd + (eocd - cd) / 2].to_vec(),
+        vec![s("not a readable ZIP archive")],
+        vec![],
+    );
+    case(
+        "truncated-central-directory",
+        "end-record-kept",
+        [&three[..cd + (eocd - cd) / 2], &three[eocd..]].concat(),
+        vec![s("not a readable ZIP archive")],
+        vec![],
+    );
+    case(
+        "truncated-central-directory",
+        "count-larger-than-directory",
+        raw_zip_with(
+            &[RawEntry::stored("a.txt", b"a")],
+            RawEnd {
+                count: Some(3),
+                ..RawEnd::default()
+            },
+        ),
+        vec![s("not a readable ZIP archive")],
+        vec![],
+    );
+
+    // ZIP64 lies.
+    case(
+        "zip64-size-lie",
+        "huge-declared-size",
+        raw_zip(&[RawEntry {
+            zip64: true,
+            uncompressed_size: 1 << 62,
+            ..RawEntry::deflated("huge.bin", b"tiny")
+        }]),
+        vec![q("huge.bin"), s("total size exceeds")],
+        vec![],
+    );
+    case(
+        "zip64-size-lie",
+        "small-declared-size",
+        raw_zip(&[RawEntry {
+            zip64: true,
+            uncompressed_size: 10,
+            ..RawEntry::deflated("small.bin", &vec![0u8; 1 << 20])
+        }]),
+        vec![
+            q("small.bin"),
+            s("more than the 10 bytes its header declares"),
+        ],
+        vec![],
+    );
+    case(
+        "zip64-size-lie",
+        "compressed-size-past-the-end",
+        raw_zip(&[RawEntry {
+            zip64: true,
+            compressed_size: 1 << 40,
+            ..RawEntry::deflated("past.bin", b"some bytes")
+        }]),
+        vec![q("past.bin"), s("claims data past the end of the entries")],
+        vec![],
+    );
+    case(
+        "zip64-size-lie",
+        "entry-count-lie",
+        raw_zip_with(
+            &[RawEntry::stored("a.txt", b"a")],
+            RawEnd {
+                zip64: true,
+                count: Some(1 << 40),
+                ..RawEnd::default()
+            },
+        ),
+        vec![s("not a readable ZIP archive")],
+        vec![],
+    );
+
+    // Encryption and methods.
+    case(
+        "encrypted",
+        "zipcrypto-flag",
+        raw_zip(&[RawEntry {
+            flags: 1,
+            ..RawEntry::stored("secret.txt", b"0123456789ab-cipher")
+        }]),
+        vec![q("secret.txt"), s("encrypted entries are not supported")],
+        vec![],
+    );
+    case(
+        "encrypted",
+        "aes",
+        raw_zip(&[RawEntry {
+            flags: 1,
+            method: 99,
+            // AE-2, vendor "AE", AES-256, actual method Stored.
+            extra: [&[0x01, 0x99, 7, 0, 2, 0][..], b"AE", &[3, 0, 0]].concat(),
+            ..RawEntry::stored("aes.txt", b"0123456789abcdefghij-cipher")
+        }]),
+        vec![q("aes.txt"), s("encrypted")],
+        vec![],
+    );
+    case(
+        "unsupported-method",
+        "lzma",
+        raw_zip(&[RawEntry {
+            method: 14,
+            ..RawEntry::stored("packed.bin", b"whatever")
+        }]),
+        vec![q("packed.bin"), s("compression method"), s("not supported")],
+        vec![],
+    );
+    case(
+        "header-mismatch",
+        "local-name-escapes",
+        raw_zip(&[RawEntry {
+            local_name: Some(b"../../../canary/evil-local".to_vec()),
+            ..RawEntry::stored("innocent.txt", b"x")
+        }]),
+        vec![q("innocent.txt")],
+        vec![canary.join("evil-local")],
+    );
+    cases
+}
+
+// ---------------------------------------------------------------------------------------------
+// A loopback origin with fault injection (tests/faults.rs, crash.rs, signals.rs, disk.rs)
+
+/// An HTTP origin on 127.0.0.1 that serves one ZIP (`200` with `Content-Length` and `ETag`,
+/// `304` to a matching `If-None-Match`) and can be told to misbehave. One thread per
+/// connection, `Connection: close` on every answer; it stops (and lets every held connection
+/// go) when dropped.
+pub mod origin {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::thread;
+    use std::time::Duration;
+
+    /// How the origin answers from now on.
+    #[derive(Debug, Clone)]
+    pub enum Answer {
+        /// The published body, in `chunk`-byte writes with `pause` between them (a slow but
+        /// steady server when `pause` is not zero).
+        Serve { chunk: usize, pause: Duration },
+        /// These bytes as they are (status line, headers, maybe a body), then `End`.
+        Raw(Vec<u8>, End),
+    }
+
+    /// How a [`Answer::Raw`] ends its connection.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum End {
+        /// A normal close (FIN).
+        Close,
+        /// A connection reset (RST: `SO_LINGER` 0, then close).
+        Reset,
+        /// Keep the connection open and silent until the origin is dropped.
+        Stall,
+    }
+
+    impl Answer {
+        /// The published body at full speed.
+        pub fn serve() -> Answer {
+            Answer::Serve {
+                chunk: 64 * 1024,
+                pause: Duration::ZERO,
+            }
+        }
+    }
+
+    struct Shared {
+        etag: String,
+        body: Arc<Vec<u8>>,
+        answer: Answer,
+        heads: Vec<String>,
+    }
+
+    pub struct Origin {
+        pub port: u16,
+        shared: Arc<Mutex<Shared>>,
+        stop: Arc<AtomicBool>,
+        /// Body bytes written to clients so far.
+        sent: Arc<AtomicU64>,
+        /// Connections being answered right now.
+        busy: Arc<AtomicUsize>,
+    }
+
+    impl Origin {
+        /// Start with nothing published (an empty body under ETag `"0"`), answering normally.
+        pub fn start() -> Origin {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+            listener.set_nonblocking(true).expect("nonblocking");
+            let port = listener.local_addr().expect("addr").port();
+            let origin = Origin {
+                port,
+                shared: Arc::new(Mutex::new(Shared {
+                    etag: "\"0\"".into(),
+                    body: Arc::new(Vec::new()),
+                    answer: Answer::serve(),
+                    heads: Vec::new(),
+                })),
+                stop: Arc::new(AtomicBool::new(false)),
+                sent: Arc::new(AtomicU64::new(0)),
+                busy: Arc::new(AtomicUsize::new(0)),
+            };
+            let (shared, stop, sent, busy) = (
+                Arc::clone(&origin.shared),
+                Arc::clone(&origin.stop),
+                Arc::clone(&origin.sent),
+                Arc::clone(&origin.busy),
+            );
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let (shared, stop, sent, busy) = (
+                                Arc::clone(&shared),
+                                Arc::clone(&stop),
+                                Arc::clone(&sent),
+                                Arc::clone(&busy),
+                            );
+                            busy.fetch_add(1, Ordering::SeqCst);
+                            thread::spawn(move || {
+                                answer(stream, &shared, &stop, &sent);
+                                busy.fetch_sub(1, Ordering::SeqCst);
+                            });
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            thread::sleep(Duration::from_millis(2));
+                        }
+                        Err(_) => break,
+                    }
+                }
+            });
+            origin
+        }
+
+        /// `http://127.0.0.1:PORT/<path>` (any path gets the same answer).
+        pub fn url(&self, path: &str) -> String {
+            format!(
+                "http://127.0.0.1:{}/{}",
+                self.port,
+                path.trim_start_matches('/')
+            )
+        }
+
+        /// Serve `body` under `etag` (give the quotes: `"\"v2\""`).
+        pub fn publish(&self, etag: &str, body: Vec<u8>) {
+            let mut s = self.shared.lock().expect("origin");
+            s.etag = etag.to_string();
+            s.body = Arc::new(body);
+        }
+
+        /// Answer the next requests this way.
+        pub fn answer(&self, answer: Answer) {
+            self.shared.lock().expect("origin").answer = answer;
+        }
+
+        /// The request heads received so far.
+        pub fn requests(&self) -> Vec<String> {
+            self.shared.lock().expect("origin").heads.clone()
+        }
+
+        /// Body bytes written to clients so far.
+        pub fn sent(&self) -> u64 {
+            self.sent.load(Ordering::SeqCst)
+        }
+
+        /// Connections being answered right now.
+        pub fn busy(&self) -> usize {
+            self.busy.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for Origin {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn answer(mut stream: TcpStream, shared: &Mutex<Shared>, stop: &AtomicBool, sent: &AtomicU64) {
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let (etag, body, how) = {
+            let mut s = shared.lock().expect("origin");
+            s.heads.push(head.clone());
+            (s.etag.clone(), Arc::clone(&s.body), s.answer.clone())
+        };
+        match how {
+            Answer::Serve { chunk, pause } => {
+                let inm = head.lines().skip(1).find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("if-none-match")
+                        .then(|| v.trim().to_string())
+                });
+                if inm.as_deref() == Some(etag.as_str()) {
+                    let _ =
+                        stream.write_all(b"HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n");
+                    return;
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/zip\r\nContent-Length: {}\r\nETag: {etag}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                if stream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                for (i, part) in body.chunks(chunk.max(1)).enumerate() {
+                    if i > 0 && !pause.is_zero() {
+                        thread::sleep(pause);
+                    }
+                    if stop.load(Ordering::Relaxed) || stream.write_all(part).is_err() {
+                        return;
+                    }
+                    sent.fetch_add(part.len() as u64, Ordering::SeqCst);
+                }
+            }
+            Answer::Raw(bytes, end) => {
+                let _ = stream.write_all(&bytes);
+                let _ = stream.flush();
+                match end {
+                    End::Close => {}
+                    End::Reset => {
+                        let linger = libc::linger {
+                            l_onoff: 1,
+                            l_linger: 0,
+                        };
+                        // SAFETY: setsockopt on a socket we own, with a correctly sized value.
+                        unsafe {
+                            libc::setsockopt(
+                                stream.as_raw_fd(),
+                                libc::SOL_SOCKET,
+                                libc::SO_LINGER,
+                                (&raw const linger).cast(),
+                                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                            );
+                        }
+                    }
+                    End::Stall => {
+                        while !stop.load(Ordering::Relaxed) {
+                            thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small tmpfs (tests/disk.rs, crash.rs)
+
+/// A tmpfs mounted on a directory for the life of the value; unmounted (lazily if busy) on drop.
+/// Only root can mount: [`Tmpfs::mount`] says why it could not, so the caller can skip.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mount a tmpfs with `options` (such as `size=8m,nr_inodes=400`) on `dir`, created if
+    /// missing. Drop the `Tmpfs` before the [`Env`] that holds `dir`.
+    pub fn mount(dir: &Path, options: &str) -> Result<Tmpfs, String> {
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not running as root, so no tmpfs can be mounted".into());
+        }
+        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "repo-deploy-test"])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs {
+            path: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Busy (an orphaned hook still has its working directory there): detach it.
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
