@@ -91,7 +91,9 @@ pub async fn check(settings: &Settings, source: &Source, cancel: &CancellationTo
     // 1. Ask the remote; download only if it changed.
     let known = state.stamp_for(&settings.remote_display, live_name.as_deref()).cloned();
     let fetch_started = Instant::now();
-    let artifact = match source.fetch(known.as_ref(), cancel).await {
+    let fetched = source.fetch(known.as_ref(), cancel).await;
+    crate::progress::finish();
+    let artifact = match fetched {
         Ok(Fetched::Unchanged) => {
             tracing::info!("unchanged: {} is live", version_of(&live_info));
             return Ok(Outcome::Unchanged { version: live_info.map(|i| i.version) });
@@ -138,6 +140,7 @@ pub async fn check(settings: &Settings, source: &Source, cancel: &CancellationTo
     })
     .await
     .map_err(|e| anyhow!("unpacking panicked: {e}"))?;
+    crate::progress::finish();
     let summary = match summary {
         Ok(s) => s,
         Err(_) if cancel.is_cancelled() => return Err(CycleError::Interrupted),

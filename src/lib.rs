@@ -14,6 +14,7 @@ pub mod exit;
 pub mod hooks;
 pub mod lock;
 pub mod logging;
+pub mod progress;
 pub mod releases;
 pub mod remote;
 pub mod schedule;

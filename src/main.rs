@@ -9,12 +9,18 @@ use clap::Parser;
 use repo_deploy::cli::{Cli, Command};
 use repo_deploy::config::Settings;
 use repo_deploy::exit::Exit;
-use repo_deploy::{commands, daemon, logging};
+use repo_deploy::{commands, daemon, logging, progress};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init_with_format(cli.verbose, cli.log_format == repo_deploy::cli::LogFormat::Json);
-    let env = || std::env::vars().collect::<HashMap<String, String>>();
+    // Not `env::vars()`, which panics on a variable that is not UTF-8 (any program's): such
+    // values arrive with U+FFFD, which the configuration refuses in `REPO_DEPLOY_*` variables.
+    let env = || {
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
+            .collect::<HashMap<String, String>>()
+    };
     let exit = match Settings::resolve(&cli, &env()) {
         Err(e) => {
             tracing::error!("{}", logging::mask(&e.to_string()));
@@ -37,7 +43,12 @@ fn main() -> ExitCode {
                     let to = to.clone();
                     block_on(async move { commands::rollback(&settings, to.as_deref()).await })
                 }
-                None => run(&cli, settings, env),
+                None => {
+                    if settings.once {
+                        progress::enable_on_terminal();
+                    }
+                    run(&cli, settings, env)
+                }
             }
         }
     };

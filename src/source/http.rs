@@ -105,6 +105,7 @@ impl HttpSource {
             .with_context(|| format!("cannot create {}", download.path().display()))?;
         let mut hasher = Sha256::new();
         let mut received: u64 = 0;
+        crate::progress::start("download", expected, true);
         loop {
             let chunk = tokio::select! {
                 c = tokio::time::timeout(self.stall, resp.chunk()) => match c {
@@ -115,6 +116,7 @@ impl HttpSource {
             };
             let Some(chunk) = chunk else { break };
             received += chunk.len() as u64;
+            crate::progress::advance(chunk.len() as u64);
             if let Some(n) = expected
                 && received > n
             {

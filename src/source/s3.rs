@@ -169,6 +169,7 @@ impl S3Source {
             .with_context(|| format!("cannot create {}", download.path().display()))?;
         let mut hasher = Sha256::new();
         let mut received: u64 = 0;
+        crate::progress::start("download", expected, true);
         loop {
             let chunk = tokio::select! {
                 c = tokio::time::timeout(self.stall, resp.body.next()) => match c {
@@ -179,6 +180,7 @@ impl S3Source {
                 () = cancel.cancelled() => bail!("interrupted while downloading {shown}"),
             };
             received += chunk.len() as u64;
+            crate::progress::advance(chunk.len() as u64);
             if expected.is_some_and(|n| received > n) {
                 bail!("download of {shown} is longer than its Content-Length");
             }
