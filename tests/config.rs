@@ -152,22 +152,19 @@ fn unknown_option_is_a_usage_error() {
 }
 
 #[test]
-fn git_remotes_are_not_supported_yet() {
+fn every_git_remote_form_is_accepted() {
     let env = Env::new();
     for remote in [
         "git@example.invalid:org/app.git#main",
-        "https://example.invalid/org/app.git/sub#v1",
+        "https://user:t0kenX@example.invalid/org/app.git/sub#v1",
         "git+ssh://git@example.invalid/org/app.git",
         "git://example.invalid/org/app.git",
         "file:///srv/app.git#main",
     ] {
-        let out = env.fetch(remote);
-        assert_usage_error(&env, &out);
-        assert!(
-            out.stderr.contains("not supported yet"),
-            "{remote}:\n{}",
-            out.dump()
-        );
+        let out = env.run(&["-r", remote, "check-config"]);
+        out.expect_code(0);
+        assert!(out.stdout.contains("remote = "), "{remote}:\n{}", out.dump());
+        assert!(!out.all().contains("t0kenX"), "{remote}: credentials shown:\n{}", out.dump());
     }
 }
 
