@@ -40,25 +40,32 @@ def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+TIME = "/usr/bin/time"
+
+
 class Run:
-    """One timed process: wall seconds, peak RSS (KiB, from wait4), CPU seconds, stderr."""
+    """One timed process: wall seconds, peak RSS (KiB, GNU time's %M), CPU seconds, stderr."""
 
     def __init__(self, wall, rss_kib, cpu, stderr, code):
         self.wall, self.rss_kib, self.cpu, self.stderr, self.code = wall, rss_kib, cpu, stderr, code
 
 
 def timed(argv, env=None, cwd=None):
-    """Run argv to completion; wall time, and the rusage of it and its waited-for children."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = p.stderr.read()
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    p.stderr.close()
-    return Run(wall, ru.ru_maxrss, ru.ru_utime + ru.ru_stime, err.decode(errors="replace"),
-               p.returncode)
+    """Run argv to completion under GNU time (its peak RSS: the rusage of a process forked
+    from Python would count Python's own pages from before the exec); wall time around it."""
+    with tempfile.NamedTemporaryFile("r", prefix="bench-rss-") as rss:
+        t0 = time.perf_counter()
+        p = subprocess.Popen([TIME, "-f", "%M", "-o", rss.name, *argv], env=env, cwd=cwd,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+        err = p.stderr.read()
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        p.stderr.close()
+        lines = rss.read().split()
+        peak = int(lines[-1]) if lines and lines[-1].isdigit() else 0
+    return Run(wall, peak, ru.ru_utime + ru.ru_stime, err.decode(errors="replace"), p.returncode)
 
 
 def must(run, what):
@@ -357,7 +364,8 @@ http {{
         rss[str(checks)] = status("VmRSS")
         hwm = status("VmHWM")
         out = dict(checks=checks, cpu_ms_per_check=cpu / checks * 1000,
-                   wall_ms_per_check=wall / checks * 1000, rss_mib=rss, vmhwm_mib=hwm)
+                   wall_ms_per_check=wall / checks * 1000, rss_mib=rss, vmhwm_mib=hwm,
+                   rss_anon_mib=status("RssAnon"), rss_file_mib=status("RssFile"))
         if remote.startswith("http"):
             lines = self.log_since(mark)
             out["requests_per_check"] = len(lines) / checks
@@ -447,12 +455,14 @@ def report(r, note):
                   ("one-file update over HTTP ≤ 0.15× full HTTP deploy", one["median"] / full, 0.15)]
     if "daemon" in r:
         p("\n| unchanged checks of a running daemon | checks | CPU ms/check | wall ms/check | "
-          "RSS MiB after 1 / 100 / N/2 / N | requests/check | body bytes |")
-        p("|---|---:|---:|---:|---|---:|---:|")
+          "RSS MiB after 1 / 100 / N/2 / N | of which anon / file (at N) | requests/check | "
+          "body bytes |")
+        p("|---|---:|---:|---:|---|---|---:|---:|")
         for label, v in r["daemon"].items():
             rss = " / ".join(f"{x:.1f}" for x in v["rss_mib"].values())
             p(f"| {label} | {v['checks']} | {v['cpu_ms_per_check']:.3f} | "
-              f"{v['wall_ms_per_check']:.3f} | {rss} | {v.get('requests_per_check', '–')} | "
+              f"{v['wall_ms_per_check']:.3f} | {rss} | "
+              f"{v['rss_anon_mib']:.1f} / {v['rss_file_mib']:.1f} | {v.get('requests_per_check', '–')} | "
               f"{v.get('body_bytes', '–')} |")
             last = list(v["rss_mib"].values())
             goals += [(f"unchanged check ({label}) < 5 ms CPU", v["cpu_ms_per_check"], 5),

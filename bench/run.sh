@@ -20,7 +20,8 @@
 #     them as JSON to $BENCH_RESULTS (default /tmp/bench-results).
 #
 # Environment: RUNS (timed rounds per measurement, default 5; 3 for large), CHECKS (unchanged
-# checks, default 1000), BENCH_WORK (use this directory instead of a scratch filesystem),
+# checks, default 1000), BENCH_FS=xfs (the scratch filesystem is XFS, whose reflinks make
+# `reuse = copy` share blocks; default ext4), BENCH_WORK (use this directory instead of a scratch filesystem),
 # BENCH_SHARED (where make-bundle.py and scratch-fs.sh live, default ../shared/bench),
 # BENCH_ONLY (comma-separated sections: full,incremental,http,daemon).
 set -euo pipefail
@@ -39,6 +40,11 @@ for arg in "${@:-medium}"; do
   esac
 done
 
+if [[ ! -x /usr/bin/time ]]; then
+  echo "bench: installing GNU time (peak RSS)" >&2
+  apt-get install -y time >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y time >/dev/null 2>&1; } \
+    || { echo "bench: /usr/bin/time is missing: apt-get install time" >&2; exit 1; }
+fi
 for tool in unzip bsdtar nginx python3 tar; do
   command -v "$tool" >/dev/null || PATH=$PATH:/usr/sbin command -v "$tool" >/dev/null || {
     echo "bench: $tool is missing (apt-get install unzip libarchive-tools nginx-light python3)" >&2
@@ -69,11 +75,30 @@ if [[ -n ${BENCH_WORK:-} ]]; then
   work=$BENCH_WORK
   mkdir -p "$work"
   fs_note="BENCH_WORK=$work ($(findmnt -no FSTYPE,OPTIONS -T "$work" | tr -s ' '))"
+elif [[ $(id -u) == 0 && ${BENCH_FS:-ext4} == xfs ]]; then
+  command -v mkfs.xfs >/dev/null || apt-get install -y xfsprogs >/dev/null 2>&1 \
+    || { echo "bench: mkfs.xfs is missing: apt-get install xfsprogs" >&2; exit 1; }
+  mnt=/tmp/bench-xfs
+  img=$mnt.img
+  mkdir -p "$mnt"
+  rm -f "$img"; truncate -s 16G "$img"
+  mkfs.xfs -q -f -m reflink=1 "$img"
+  dev=$(losetup -f --show --direct-io=on "$img")
+  mount "$dev" "$mnt"
+  mkdir -p "$mnt/work"
+  work=$mnt/work
+  cleanup() { cd /; umount "$mnt" || true; losetup -d "$dev" 2>/dev/null || true; rm -f "$img"; rmdir "$mnt" 2>/dev/null || true; }
+  fs_note="fresh XFS (reflink=1) on a loop device, mounted at $mnt"
 elif [[ $(id -u) == 0 && -x $shared/scratch-fs.sh ]]; then
   mnt=/tmp/bench-fs
-  "$shared/scratch-fs.sh" up "$mnt" >&2
+  if mountpoint -q "$mnt"; then
+    echo "bench: $mnt is already mounted: using it as it is, and leaving it mounted" >&2
+  else
+    "$shared/scratch-fs.sh" up "$mnt" >&2
+    cleanup() { cd /; "$shared/scratch-fs.sh" down "$mnt" >&2 || true; }
+  fi
   work=$mnt/work
-  cleanup() { cd /; "$shared/scratch-fs.sh" down "$mnt" >&2 || true; }
+  mkdir -p "$work"
   fs_note="fresh ext4 on a loop device (scratch-fs.sh), mounted at $mnt"
 else
   work=$(mktemp -d /tmp/bench-work.XXXXXX)

@@ -28,7 +28,10 @@ pub fn live(local: &Path) -> io::Result<Option<PathBuf>> {
         Ok(m) if m.file_type().is_symlink() => match fs::canonicalize(local) {
             Ok(p) => Ok(Some(p)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                tracing::warn!("{} points to a missing release; treating this as a first deploy", local.display());
+                tracing::warn!(
+                    "{} points to a missing release; treating this as a first deploy",
+                    local.display()
+                );
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -40,7 +43,9 @@ pub fn live(local: &Path) -> io::Result<Option<PathBuf>> {
 }
 
 fn temp_prefix(local: &Path) -> io::Result<Vec<u8>> {
-    let name = local.file_name().ok_or_else(|| io::Error::other(format!("{} has no file name", local.display())))?;
+    let name = local
+        .file_name()
+        .ok_or_else(|| io::Error::other(format!("{} has no file name", local.display())))?;
     let mut prefix = b".".to_vec();
     prefix.extend_from_slice(name.as_bytes());
     prefix.extend_from_slice(b".tmp-");
@@ -48,7 +53,10 @@ fn temp_prefix(local: &Path) -> io::Result<Vec<u8>> {
 }
 
 fn parent_of(local: &Path) -> &Path {
-    local.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+    local
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 /// `to` relative to the directory `from` (both absolute, real paths).
@@ -78,7 +86,9 @@ pub fn switch(local: &Path, release: &Path) -> io::Result<()> {
     let real_parent = parent.canonicalize()?;
     let target = relative(&real_parent, release);
     let mut tmp_name = temp_prefix(local)?;
-    tmp_name.extend_from_slice(format!("{}-{:08x}", std::process::id(), rand::random::<u32>()).as_bytes());
+    tmp_name.extend_from_slice(
+        format!("{}-{:08x}", std::process::id(), rand::random::<u32>()).as_bytes(),
+    );
     let tmp = parent.join(std::ffi::OsStr::from_bytes(&tmp_name));
     std::os::unix::fs::symlink(&target, &tmp)?;
     if let Err(e) = fs::rename(&tmp, local) {
@@ -132,11 +142,17 @@ mod tests {
         let local = root.join("current");
         assert_eq!(live(&local).expect("live"), None);
         switch(&local, &a).expect("switch a");
-        assert_eq!(fs::read_link(&local).expect("link"), PathBuf::from("releases/a"));
+        assert_eq!(
+            fs::read_link(&local).expect("link"),
+            PathBuf::from("releases/a")
+        );
         assert_eq!(live(&local).expect("live"), Some(a.clone()));
         switch(&local, &b).expect("switch b");
         assert_eq!(live(&local).expect("live"), Some(b));
-        let names: Vec<_> = fs::read_dir(&root).expect("ls").map(|e| e.expect("e").file_name()).collect();
+        let names: Vec<_> = fs::read_dir(&root)
+            .expect("ls")
+            .map(|e| e.expect("e").file_name())
+            .collect();
         assert_eq!(names.len(), 2, "no temp link left: {names:?}");
         deactivate(&local).expect("deactivate");
         assert_eq!(live(&local).expect("live"), None);
@@ -144,8 +160,14 @@ mod tests {
 
     #[test]
     fn relative_targets() {
-        assert_eq!(relative(Path::new("/srv/app"), Path::new("/srv/app/releases/x")), PathBuf::from("releases/x"));
-        assert_eq!(relative(Path::new("/srv/live"), Path::new("/var/deploy/releases/x")), PathBuf::from("../../var/deploy/releases/x"));
+        assert_eq!(
+            relative(Path::new("/srv/app"), Path::new("/srv/app/releases/x")),
+            PathBuf::from("releases/x")
+        );
+        assert_eq!(
+            relative(Path::new("/srv/live"), Path::new("/var/deploy/releases/x")),
+            PathBuf::from("../../var/deploy/releases/x")
+        );
     }
 
     #[test]
@@ -269,7 +291,11 @@ impl Activator {
     }
 
     pub fn new(mode: Mode, local: &Path, directory: &Path) -> Activator {
-        Activator { mode, local: local.to_path_buf(), directory: directory.to_path_buf() }
+        Activator {
+            mode,
+            local: local.to_path_buf(),
+            directory: directory.to_path_buf(),
+        }
     }
 
     fn releases(&self) -> PathBuf {
@@ -282,14 +308,17 @@ impl Activator {
 
     fn marker(&self) -> io::Result<Marker> {
         match fs::read(self.marker_path()) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| io::Error::other(format!("{}: {e}", self.marker_path().display()))),
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| io::Error::other(format!("{}: {e}", self.marker_path().display()))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Marker::default()),
             Err(e) => Err(e),
         }
     }
 
     fn save_marker(&self, marker: &Marker) -> io::Result<()> {
-        let tmp = self.directory.join(format!(".active.json.tmp-{}", std::process::id()));
+        let tmp = self
+            .directory
+            .join(format!(".active.json.tmp-{}", std::process::id()));
         let bytes = serde_json::to_vec(marker).map_err(io::Error::other)?;
         let mut file = File::create(&tmp)?;
         io::Write::write_all(&mut file, &bytes)?;
@@ -315,7 +344,14 @@ impl Activator {
     /// The live release, or `None` before the first deploy.
     pub fn live(&self) -> io::Result<Option<LiveRelease>> {
         match self.mode {
-            Mode::Symlink => live(&self.local)?.map(|path| Ok(LiveRelease { name: name_of(&path)?, path })).transpose(),
+            Mode::Symlink => live(&self.local)?
+                .map(|path| {
+                    Ok(LiveRelease {
+                        name: name_of(&path)?,
+                        path,
+                    })
+                })
+                .transpose(),
             Mode::Exchange | Mode::Sync => {
                 if self.local_dir()?.is_none() {
                     return Ok(None);
@@ -327,7 +363,11 @@ impl Activator {
                         self.marker_path().display()
                     )));
                 };
-                let path = if self.mode == Mode::Exchange { self.local.canonicalize()? } else { self.releases().canonicalize()?.join(&name) };
+                let path = if self.mode == Mode::Exchange {
+                    self.local.canonicalize()?
+                } else {
+                    self.releases().canonicalize()?.join(&name)
+                };
                 Ok(Some(LiveRelease { name, path }))
             }
         }
@@ -339,27 +379,56 @@ impl Activator {
         match self.mode {
             Mode::Symlink => {
                 switch(&self.local, release)?;
-                Ok(Switched { current: release.to_path_buf(), previous: before.map(|l| l.path) })
+                Ok(Switched {
+                    current: release.to_path_buf(),
+                    previous: before.map(|l| l.path),
+                })
             }
             Mode::Sync => {
                 let to = name_of(release)?;
-                self.save_marker(&Marker { name: before.as_ref().map(|l| l.name.clone()), pending: Some(Pending { to: to.clone(), from: None, to_ino: 0 }) })?;
+                self.save_marker(&Marker {
+                    name: before.as_ref().map(|l| l.name.clone()),
+                    pending: Some(Pending {
+                        to: to.clone(),
+                        from: None,
+                        to_ino: 0,
+                    }),
+                })?;
                 crate::treesync::sync_tree(release, &self.local)?;
-                self.save_marker(&Marker { name: Some(to), pending: None })?;
-                Ok(Switched { current: release.to_path_buf(), previous: before.map(|l| l.path) })
+                self.save_marker(&Marker {
+                    name: Some(to),
+                    pending: None,
+                })?;
+                Ok(Switched {
+                    current: release.to_path_buf(),
+                    previous: before.map(|l| l.path),
+                })
             }
             Mode::Exchange => {
                 let to = name_of(release)?;
                 let to_ino = std::os::unix::fs::MetadataExt::ino(&fs::symlink_metadata(release)?);
                 let from = before.as_ref().map(|l| l.name.clone());
-                self.save_marker(&Marker { name: from.clone(), pending: Some(Pending { to: to.clone(), from: from.clone(), to_ino }) })?;
+                self.save_marker(&Marker {
+                    name: from.clone(),
+                    pending: Some(Pending {
+                        to: to.clone(),
+                        from: from.clone(),
+                        to_ino,
+                    }),
+                })?;
                 let previous = match &from {
                     None => {
                         fs::rename(release, &self.local)?;
                         None
                     }
                     Some(from) => {
-                        rustix::fs::renameat_with(rustix::fs::CWD, release, rustix::fs::CWD, &self.local, rustix::fs::RenameFlags::EXCHANGE)?;
+                        rustix::fs::renameat_with(
+                            rustix::fs::CWD,
+                            release,
+                            rustix::fs::CWD,
+                            &self.local,
+                            rustix::fs::RenameFlags::EXCHANGE,
+                        )?;
                         // `release` now holds the previous files: give them their name back.
                         let back = self.releases().join(from);
                         fs::rename(release, &back)?;
@@ -368,8 +437,14 @@ impl Activator {
                 };
                 fsync_dir(&self.releases())?;
                 fsync_dir(parent_of(&self.local))?;
-                self.save_marker(&Marker { name: Some(to), pending: None })?;
-                Ok(Switched { current: self.local.canonicalize()?, previous })
+                self.save_marker(&Marker {
+                    name: Some(to),
+                    pending: None,
+                })?;
+                Ok(Switched {
+                    current: self.local.canonicalize()?,
+                    previous,
+                })
             }
         }
     }
@@ -384,7 +459,11 @@ impl Activator {
                 self.save_marker(&Marker::default())
             }
             Mode::Sync => {
-                let trash = parent_of(&self.local).join(format!(".{}.trash-{}", name_of(&self.local)?, std::process::id()));
+                let trash = parent_of(&self.local).join(format!(
+                    ".{}.trash-{}",
+                    name_of(&self.local)?,
+                    std::process::id()
+                ));
                 fs::rename(&self.local, &trash)?;
                 fs::remove_dir_all(&trash)?;
                 self.save_marker(&Marker::default())
@@ -397,22 +476,39 @@ impl Activator {
     pub fn recover(&self) -> io::Result<()> {
         sweep(&self.local)?;
         let marker = self.marker()?;
-        let Some(pending) = marker.pending else { return Ok(()) };
+        let Some(pending) = marker.pending else {
+            return Ok(());
+        };
         match self.mode {
             Mode::Symlink => self.save_marker(&Marker::default()),
             Mode::Sync => {
                 // Sync again to whichever release still exists, preferring the new one.
-                let target = [Some(&pending.to), marker.name.as_ref()].into_iter().flatten().find(|n| self.releases().join(n).is_dir()).cloned();
+                let target = [Some(&pending.to), marker.name.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .find(|n| self.releases().join(n).is_dir())
+                    .cloned();
                 if let Some(name) = target {
-                    tracing::info!("finishing the interrupted sync of {} to {name}", self.local.display());
+                    tracing::info!(
+                        "finishing the interrupted sync of {} to {name}",
+                        self.local.display()
+                    );
                     crate::treesync::sync_tree(&self.releases().join(&name), &self.local)?;
-                    self.save_marker(&Marker { name: Some(name), pending: None })
+                    self.save_marker(&Marker {
+                        name: Some(name),
+                        pending: None,
+                    })
                 } else {
-                    self.save_marker(&Marker { name: marker.name, pending: None })
+                    self.save_marker(&Marker {
+                        name: marker.name,
+                        pending: None,
+                    })
                 }
             }
             Mode::Exchange => {
-                let local_ino = self.local_dir()?.map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+                let local_ino = self
+                    .local_dir()?
+                    .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
                 let name = if local_ino == Some(pending.to_ino) {
                     // The exchange happened: the previous files may still sit under the new name.
                     let stale = self.releases().join(&pending.to);
@@ -423,8 +519,15 @@ impl Activator {
                 } else {
                     pending.from
                 };
-                tracing::info!("resolved an interrupted switch of {}: {} is live", self.local.display(), name.as_deref().unwrap_or("nothing"));
-                self.save_marker(&Marker { name, pending: None })
+                tracing::info!(
+                    "resolved an interrupted switch of {}: {} is live",
+                    self.local.display(),
+                    name.as_deref().unwrap_or("nothing")
+                );
+                self.save_marker(&Marker {
+                    name,
+                    pending: None,
+                })
             }
         }
     }
@@ -461,15 +564,27 @@ mod mode_tests {
             assert_eq!(act.live().expect("live").expect("some").name, "a", "{mode}");
             let s = act.switch(&b).expect("switch b");
             assert_eq!(content(&act), "B", "{mode}");
-            assert_eq!(fs::read_to_string(s.current.join("f")).expect("current"), "B", "{mode}");
+            assert_eq!(
+                fs::read_to_string(s.current.join("f")).expect("current"),
+                "B",
+                "{mode}"
+            );
             let prev = s.previous.expect("previous");
-            assert_eq!(fs::read_to_string(prev.join("f")).expect("previous"), "A", "{mode}: previous files");
+            assert_eq!(
+                fs::read_to_string(prev.join("f")).expect("previous"),
+                "A",
+                "{mode}: previous files"
+            );
             assert_eq!(act.live().expect("live").expect("some").name, "b", "{mode}");
             // Roll back to the previous release, as the cycle does.
             act.switch(&prev).expect("back");
             assert_eq!(content(&act), "A", "{mode}");
             assert_eq!(act.live().expect("live").expect("some").name, "a", "{mode}");
-            assert_eq!(fs::read_to_string(act.releases().join("b/f")).expect("b"), "B", "{mode}: b keeps its files");
+            assert_eq!(
+                fs::read_to_string(act.releases().join("b/f")).expect("b"),
+                "B",
+                "{mode}: b keeps its files"
+            );
         }
     }
 
@@ -479,8 +594,15 @@ mod mode_tests {
             let (_d, act, a, _b) = setup(mode);
             act.switch(&a).expect("switch");
             act.deactivate(&a).expect("deactivate");
-            assert!(fs::symlink_metadata(&act.local).is_err(), "{mode}: current removed");
-            assert_eq!(fs::read_to_string(a.join("f")).expect("a"), "A", "{mode}: the release is back");
+            assert!(
+                fs::symlink_metadata(&act.local).is_err(),
+                "{mode}: current removed"
+            );
+            assert_eq!(
+                fs::read_to_string(a.join("f")).expect("a"),
+                "A",
+                "{mode}: the release is back"
+            );
             assert_eq!(act.live().expect("live"), None);
         }
     }
@@ -502,12 +624,30 @@ mod mode_tests {
         act.switch(&a).expect("a");
         // Simulate a crash right after the exchange, before the rename back.
         let to_ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&b).expect("b"));
-        act.save_marker(&Marker { name: Some("a".into()), pending: Some(Pending { to: "b".into(), from: Some("a".into()), to_ino }) }).expect("marker");
-        rustix::fs::renameat_with(rustix::fs::CWD, &b, rustix::fs::CWD, &act.local, rustix::fs::RenameFlags::EXCHANGE).expect("exchange");
+        act.save_marker(&Marker {
+            name: Some("a".into()),
+            pending: Some(Pending {
+                to: "b".into(),
+                from: Some("a".into()),
+                to_ino,
+            }),
+        })
+        .expect("marker");
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &b,
+            rustix::fs::CWD,
+            &act.local,
+            rustix::fs::RenameFlags::EXCHANGE,
+        )
+        .expect("exchange");
         act.recover().expect("recover");
         assert_eq!(act.live().expect("live").expect("some").name, "b");
         assert_eq!(content(&act), "B");
-        assert_eq!(fs::read_to_string(act.releases().join("a/f")).expect("a"), "A");
+        assert_eq!(
+            fs::read_to_string(act.releases().join("a/f")).expect("a"),
+            "A"
+        );
     }
 
     #[test]

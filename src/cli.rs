@@ -69,7 +69,13 @@ pub struct Cli {
 
     /// Log format on standard error: `human` (one line per event) or `json` (one JSON object
     /// per line, for log shippers)
-    #[arg(long = "log-format", value_name = "FORMAT", value_enum, default_value_t, env = "REPO_DEPLOY_LOG_FORMAT")]
+    #[arg(
+        long = "log-format",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t,
+        env = "REPO_DEPLOY_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
 
     #[command(subcommand)]
@@ -127,8 +133,21 @@ mod tests {
     #[test]
     fn short_flags_match_the_spec() {
         let cli = Cli::try_parse_from([
-            "repo-deploy", "-c", "/x.cfg", "-r", "http://h/a.zip", "-l", "/srv/live", "-i", "app",
-            "-d", "/srv", "-s", "@hourly", "-f", "-v",
+            "repo-deploy",
+            "-c",
+            "/x.cfg",
+            "-r",
+            "http://h/a.zip",
+            "-l",
+            "/srv/live",
+            "-i",
+            "app",
+            "-d",
+            "/srv",
+            "-s",
+            "@hourly",
+            "-f",
+            "-v",
         ])
         .expect("valid flags");
         assert_eq!(cli.config.as_deref(), Some(std::path::Path::new("/x.cfg")));

@@ -47,7 +47,9 @@ pub fn releases(settings: &Settings) -> Result<Vec<ReleaseView>> {
     let live = Activator::for_settings(settings)
         .live()
         .with_context(|| format!("cannot read {}", settings.local.display()))?;
-    let mut names = releases.list().with_context(|| format!("cannot list {}", releases.root().display()))?;
+    let mut names = releases
+        .list()
+        .with_context(|| format!("cannot list {}", releases.root().display()))?;
     // In exchange mode the live release's files are at `current`, not under releases/.
     if let Some(l) = &live
         && !names.contains(&l.name)
@@ -96,7 +98,9 @@ pub fn render_status(view: &StatusView) -> String {
     line("remote:", view.remote.clone());
     line(
         "live:",
-        view.live.as_ref().map_or("nothing is live".into(), |r| format!("{} ({})", or_unknown(&r.version), r.path.display())),
+        view.live.as_ref().map_or("nothing is live".into(), |r| {
+            format!("{} ({})", or_unknown(&r.version), r.path.display())
+        }),
     );
     match &view.last_check {
         Some(c) => {
@@ -104,14 +108,20 @@ pub fn render_status(view: &StatusView) -> String {
             if let Some(e) = &c.error {
                 line("last error:", e.clone());
             }
-            line("last success:", c.last_success.clone().unwrap_or_else(|| "never".into()));
+            line(
+                "last success:",
+                c.last_success.clone().unwrap_or_else(|| "never".into()),
+            );
         }
         None => line("last check:", "never".into()),
     }
     line(
         "pinned:",
         view.pinned.as_ref().map_or("no".into(), |p| {
-            format!("yes, to {} since {}; {} is skipped until the remote offers another version", p.release, p.since, p.from_version)
+            format!(
+                "yes, to {} since {}; {} is skipped until the remote offers another version",
+                p.release, p.since, p.from_version
+            )
         }),
     );
     line("releases:", format!("{} on disk", view.releases.len()));
@@ -121,7 +131,15 @@ pub fn render_status(view: &StatusView) -> String {
 /// `releases` as text: one line per release, newest first.
 pub fn render_releases(list: &[ReleaseView]) -> String {
     list.iter()
-        .map(|r| format!("{}{}  {}  {}\n", if r.live { "* " } else { "  " }, r.name, or_unknown(&r.version), r.created))
+        .map(|r| {
+            format!(
+                "{}{}  {}  {}\n",
+                if r.live { "* " } else { "  " },
+                r.name,
+                or_unknown(&r.version),
+                r.created
+            )
+        })
         .collect()
 }
 
@@ -180,12 +198,23 @@ fn result_path(settings: &Settings) -> PathBuf {
     settings.directory.join("rollback-result.json")
 }
 
-async fn delegate_rollback(settings: &Settings, to: Option<&str>, lock_path: &std::path::Path) -> Exit {
-    let Some(pid) = lock::holder(&settings.directory).and_then(rustix::process::Pid::from_raw) else {
-        tracing::error!("another repo-deploy holds the lock {} and did not say which: stop it and run the rollback again", lock_path.display());
+async fn delegate_rollback(
+    settings: &Settings,
+    to: Option<&str>,
+    lock_path: &std::path::Path,
+) -> Exit {
+    let Some(pid) = lock::holder(&settings.directory).and_then(rustix::process::Pid::from_raw)
+    else {
+        tracing::error!(
+            "another repo-deploy holds the lock {} and did not say which: stop it and run the rollback again",
+            lock_path.display()
+        );
         return Exit::Locked;
     };
-    let request = RollbackRequest { id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()), to: to.map(str::to_string) };
+    let request = RollbackRequest {
+        id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
+        to: to.map(str::to_string),
+    };
     let written = serde_json::to_vec(&request)
         .map_err(std::io::Error::other)
         .and_then(|b| crate::state::write_atomic(&request_path(settings), &b));
@@ -195,14 +224,25 @@ async fn delegate_rollback(settings: &Settings, to: Option<&str>, lock_path: &st
     }
     if let Err(e) = rustix::process::kill_process(pid, rustix::process::Signal::USR2) {
         let _ = std::fs::remove_file(request_path(settings));
-        tracing::error!("the agent holding {} (pid {}) cannot be asked to roll back: {e}", lock_path.display(), pid.as_raw_nonzero());
+        tracing::error!(
+            "the agent holding {} (pid {}) cannot be asked to roll back: {e}",
+            lock_path.display(),
+            pid.as_raw_nonzero()
+        );
         return Exit::Locked;
     }
-    tracing::info!("asked the running agent (pid {}) to roll back", pid.as_raw_nonzero());
+    tracing::info!(
+        "asked the running agent (pid {}) to roll back",
+        pid.as_raw_nonzero()
+    );
     // Both hook chains may run, each up to hook-timeout, plus a rollback of its own.
-    let deadline = tokio::time::Instant::now() + settings.hook_timeout * 4 + std::time::Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now()
+        + settings.hook_timeout * 4
+        + std::time::Duration::from_secs(60);
     while tokio::time::Instant::now() < deadline {
-        if let Some(result) = std::fs::read(result_path(settings)).ok().and_then(|b| serde_json::from_slice::<RollbackResult>(&b).ok())
+        if let Some(result) = std::fs::read(result_path(settings))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RollbackResult>(&b).ok())
             && result.id == request.id
         {
             let _ = std::fs::remove_file(result_path(settings));
@@ -211,33 +251,62 @@ async fn delegate_rollback(settings: &Settings, to: Option<&str>, lock_path: &st
             } else {
                 tracing::error!("{}", result.message);
             }
-            return [Exit::Ok, Exit::Failed, Exit::Usage, Exit::Blocked, Exit::RolledBack, Exit::Locked]
-                .into_iter()
-                .find(|e| e.code() == result.exit)
-                .unwrap_or(Exit::Failed);
+            return [
+                Exit::Ok,
+                Exit::Failed,
+                Exit::Usage,
+                Exit::Blocked,
+                Exit::RolledBack,
+                Exit::Locked,
+            ]
+            .into_iter()
+            .find(|e| e.code() == result.exit)
+            .unwrap_or(Exit::Failed);
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    tracing::error!("the running agent (pid {}) did not answer the rollback request in time; see its log", pid.as_raw_nonzero());
+    tracing::error!(
+        "the running agent (pid {}) did not answer the rollback request in time; see its log",
+        pid.as_raw_nonzero()
+    );
     Exit::Failed
 }
 
 /// In the agent, on SIGUSR2: serve a pending rollback request, if any.
 pub async fn serve_rollback_request(settings: &Settings) {
-    let Some(request) = std::fs::read(request_path(settings)).ok().and_then(|b| serde_json::from_slice::<RollbackRequest>(&b).ok()) else {
-        tracing::warn!("SIGUSR2 without a readable {}: nothing to do", request_path(settings).display());
+    let Some(request) = std::fs::read(request_path(settings))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<RollbackRequest>(&b).ok())
+    else {
+        tracing::warn!(
+            "SIGUSR2 without a readable {}: nothing to do",
+            request_path(settings).display()
+        );
         return;
     };
     let _ = std::fs::remove_file(request_path(settings));
-    tracing::info!("SIGUSR2: rollback requested{}", request.to.as_deref().map(|t| format!(" to {t}")).unwrap_or_default());
+    tracing::info!(
+        "SIGUSR2: rollback requested{}",
+        request
+            .to
+            .as_deref()
+            .map(|t| format!(" to {t}"))
+            .unwrap_or_default()
+    );
     let (exit, message) = rollback_now(settings, request.to.as_deref()).await;
     if exit == Exit::Ok {
         tracing::info!("{message}");
     } else {
         tracing::error!("{message}");
     }
-    let result = RollbackResult { id: request.id, exit: exit.code(), message };
-    let written = serde_json::to_vec(&result).map_err(std::io::Error::other).and_then(|b| crate::state::write_atomic(&result_path(settings), &b));
+    let result = RollbackResult {
+        id: request.id,
+        exit: exit.code(),
+        message,
+    };
+    let written = serde_json::to_vec(&result)
+        .map_err(std::io::Error::other)
+        .and_then(|b| crate::state::write_atomic(&result_path(settings), &b));
     if let Err(e) = written {
         tracing::error!("cannot write {}: {e}", result_path(settings).display());
     }
@@ -248,9 +317,18 @@ async fn rollback_locked(settings: &Settings, to: Option<&str>) -> Result<String
     let dir = &settings.directory;
     let mut state = State::load(dir);
     let list = releases(settings)?;
-    let live = list.iter().find(|r| r.live).cloned().ok_or_else(|| anyhow!("nothing is live in {}: nothing to roll back", settings.local.display()))?;
+    let live = list.iter().find(|r| r.live).cloned().ok_or_else(|| {
+        anyhow!(
+            "nothing is live in {}: nothing to roll back",
+            settings.local.display()
+        )
+    })?;
     let target = choose(&list, &live, to)?;
-    tracing::info!("rolling back from {} to {}", or_unknown(&live.version), or_unknown(&target.version));
+    tracing::info!(
+        "rolling back from {} to {}",
+        or_unknown(&live.version),
+        or_unknown(&target.version)
+    );
     let env = HookEnv {
         phase: Phase::Pre,
         current: target.path.clone(),
@@ -262,9 +340,19 @@ async fn rollback_locked(settings: &Settings, to: Option<&str>) -> Result<String
         remote: settings.remote_display.clone(),
     };
     cycle::go_live(settings, env, &CancellationToken::new()).await?;
-    state.pin = Some(Pin { release: target.name.clone(), from_version: live.version.clone(), since: chrono::Utc::now().to_rfc3339() });
-    state.save(dir).with_context(|| format!("cannot write {}", State::path(dir).display()))?;
-    tracing::info!("rolled back to {}; pinned until the remote offers a version other than {}", target.name, or_unknown(&live.version));
+    state.pin = Some(Pin {
+        release: target.name.clone(),
+        from_version: live.version.clone(),
+        since: chrono::Utc::now().to_rfc3339(),
+    });
+    state
+        .save(dir)
+        .with_context(|| format!("cannot write {}", State::path(dir).display()))?;
+    tracing::info!(
+        "rolled back to {}; pinned until the remote offers a version other than {}",
+        target.name,
+        or_unknown(&live.version)
+    );
     Ok(target.name)
 }
 
@@ -280,16 +368,23 @@ fn choose(list: &[ReleaseView], live: &ReleaseView, to: Option<&str>) -> Result<
             .cloned()
             .ok_or_else(|| anyhow!("no other release on disk to roll back to"));
     };
-    let matches: Vec<&ReleaseView> =
-        list.iter().filter(|r| r.name == to || (!r.version.is_empty() && r.version.starts_with(to))).collect();
+    let matches: Vec<&ReleaseView> = list
+        .iter()
+        .filter(|r| r.name == to || (!r.version.is_empty() && r.version.starts_with(to)))
+        .collect();
     match matches.as_slice() {
-        [] => bail!("no release on disk has the version or name `{to}` (see `repo-deploy releases`)"),
+        [] => {
+            bail!("no release on disk has the version or name `{to}` (see `repo-deploy releases`)")
+        }
         [one] if one.live => bail!("`{to}` is already live"),
         [one] => Ok((*one).clone()),
         many => bail!(
             "`{to}` matches {} releases ({}); give more of the version or the release name",
             many.len(),
-            many.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -299,12 +394,22 @@ mod tests {
     use super::*;
 
     fn view(name: &str, version: &str, live: bool) -> ReleaseView {
-        ReleaseView { name: name.into(), path: PathBuf::from(name), version: version.into(), created: String::new(), live }
+        ReleaseView {
+            name: name.into(),
+            path: PathBuf::from(name),
+            version: version.into(),
+            created: String::new(),
+            live,
+        }
     }
 
     #[test]
     fn default_target_is_the_release_before_the_live_one() {
-        let list = vec![view("3", "ccc", false), view("2", "bbb", true), view("1", "aaa", false)];
+        let list = vec![
+            view("3", "ccc", false),
+            view("2", "bbb", true),
+            view("1", "aaa", false),
+        ];
         assert_eq!(choose(&list, &list[1], None).expect("target").name, "1");
         let list = vec![view("3", "ccc", true), view("2", "bbb", false)];
         assert_eq!(choose(&list, &list[0], None).expect("target").name, "2");
@@ -314,11 +419,21 @@ mod tests {
 
     #[test]
     fn named_target_by_version_prefix_or_name() {
-        let list = vec![view("3", "abc1", true), view("2", "abd2", false), view("1", "xyz", false)];
-        assert_eq!(choose(&list, &list[0], Some("xy")).expect("prefix").name, "1");
+        let list = vec![
+            view("3", "abc1", true),
+            view("2", "abd2", false),
+            view("1", "xyz", false),
+        ];
+        assert_eq!(
+            choose(&list, &list[0], Some("xy")).expect("prefix").name,
+            "1"
+        );
         assert_eq!(choose(&list, &list[0], Some("2")).expect("name").name, "2");
         assert!(choose(&list, &list[0], Some("ab")).is_err(), "ambiguous");
-        assert!(choose(&list, &list[0], Some("abc1")).is_err(), "already live");
+        assert!(
+            choose(&list, &list[0], Some("abc1")).is_err(),
+            "already live"
+        );
         assert!(choose(&list, &list[0], Some("nope")).is_err());
     }
 }

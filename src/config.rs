@@ -54,6 +54,7 @@ pub const KEYS: &[(&str, &[&str])] = &[
     ("trigger-token", &[]),
     ("trigger-min-interval", &[]),
     ("splay", &[]),
+    ("reuse", &[]),
 ];
 
 /// S3 settings from the configuration (the rest of the chain is the AWS SDK's).
@@ -108,6 +109,8 @@ pub struct Settings {
     pub stall_timeout: Duration,
     /// How `current` shows a release: symlink (default), exchange or sync.
     pub activate: crate::activate::Mode,
+    /// `reuse`: where an update takes the files that did not change (see `incremental.rs`).
+    pub reuse: crate::incremental::ReuseMode,
     pub aws: AwsSettings,
     /// `-f`: check once and exit.
     pub once: bool,
@@ -149,21 +152,33 @@ const MIN_TOKEN_LEN: usize = 16;
 fn telemetry_settings(layers: &Layers) -> Result<TelemetrySettings, ConfigError> {
     let listen = match layers.get("listen") {
         Some(raw) => Some(raw.value.trim().parse::<SocketAddr>().map_err(|_| {
-            value_error(raw, "listen", "expected an IP address and port such as 127.0.0.1:9469 or [::1]:9469")
+            value_error(
+                raw,
+                "listen",
+                "expected an IP address and port such as 127.0.0.1:9469 or [::1]:9469",
+            )
         })?),
         None => None,
     };
     let health_periods = match layers.get("health-periods") {
         Some(raw) => match parse_u64(raw, "health-periods")? {
             n @ 1..=10_000 => n as u32,
-            _ => return Err(value_error(raw, "health-periods", "expected a number of schedule periods from 1 to 10000")),
+            _ => {
+                return Err(value_error(
+                    raw,
+                    "health-periods",
+                    "expected a number of schedule periods from 1 to 10000",
+                ));
+            }
         },
         None => 3,
     };
     let trigger_token = match layers.get("trigger-token") {
         Some(raw) => {
             let token = raw.value.trim();
-            if token.len() < MIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if token.len() < MIN_TOKEN_LEN
+                || token.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 // Say why without echoing the value: it is a secret, even when too short.
                 return Err(ConfigError::Value {
                     source_name: raw.origin.clone(),
@@ -182,16 +197,29 @@ fn telemetry_settings(layers: &Layers) -> Result<TelemetrySettings, ConfigError>
         Some(raw) => parse_seconds(raw, "trigger-min-interval")?,
         None => Duration::from_secs(10),
     };
-    Ok(TelemetrySettings { listen, health_periods, trigger_token, trigger_min_interval })
+    Ok(TelemetrySettings {
+        listen,
+        health_periods,
+        trigger_token,
+        trigger_min_interval,
+    })
 }
 
 /// `splay`: seconds, 0 (the default) for none.
 fn splay_setting(layers: &Layers) -> Result<Duration, ConfigError> {
-    let Some(raw) = layers.get("splay") else { return Ok(Duration::ZERO) };
+    let Some(raw) = layers.get("splay") else {
+        return Ok(Duration::ZERO);
+    };
     let v = raw.value.trim();
     match v.strip_suffix('s').unwrap_or(v).parse::<f64>() {
-        Ok(secs) if secs.is_finite() && (0.0..=86_400.0).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
-        _ => Err(value_error(raw, "splay", "expected seconds from 0 to 86400")),
+        Ok(secs) if secs.is_finite() && (0.0..=86_400.0).contains(&secs) => {
+            Ok(Duration::from_secs_f64(secs))
+        }
+        _ => Err(value_error(
+            raw,
+            "splay",
+            "expected seconds from 0 to 86400",
+        )),
     }
 }
 
@@ -200,13 +228,40 @@ fn splay_setting(layers: &Layers) -> Result<Duration, ConfigError> {
 pub enum ConfigError {
     #[error("cannot read configuration file {0}: {1}")]
     Read(PathBuf, #[source] io::Error),
-    #[error("{file}:{line}: expected `key = value`, found `{text}`")]
-    Syntax { file: PathBuf, line: usize, text: String },
+    /// `text`: the start of the line only (the rest may be a secret), shown escaped.
+    #[error(
+        "{file}:{line}: expected `key = value`, found a line without `=` starting with `{text}`"
+    )]
+    Syntax {
+        file: PathBuf,
+        line: usize,
+        text: String,
+    },
+    #[error("{file}:{line}: not valid UTF-8; save the file as UTF-8")]
+    Encoding { file: PathBuf, line: usize },
+    /// An error about a value, with where the value came from (`file:line`, a variable, a flag).
+    #[error("{origin}: {error}")]
+    At {
+        origin: String,
+        error: Box<ConfigError>,
+    },
     #[error("{file}:{line}: unknown key `{key}`{hint}")]
-    UnknownKey { file: PathBuf, line: usize, key: String, hint: String },
+    UnknownKey {
+        file: PathBuf,
+        line: usize,
+        key: String,
+        hint: String,
+    },
     #[error("{source_name}: invalid value `{value}` for `{key}`: {reason}")]
-    Value { source_name: String, key: String, value: String, reason: String },
-    #[error("no remote configured: set `remote` in the configuration file, REPO_DEPLOY_REMOTE, or pass -r URL")]
+    Value {
+        source_name: String,
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error(
+        "no remote configured: set `remote` in the configuration file, REPO_DEPLOY_REMOTE, or pass -r URL"
+    )]
     NoRemote,
     #[error(transparent)]
     Remote(#[from] RemoteError),
@@ -240,11 +295,16 @@ impl Layers {
 /// Canonical name of `key` (`_` → `-`, lower case, aliases folded), if it is known.
 fn canonical(key: &str) -> Option<&'static str> {
     let key = key.trim().to_ascii_lowercase().replace('_', "-");
-    KEYS.iter().find(|(name, aliases)| *name == key || aliases.contains(&key.as_str())).map(|(n, _)| *n)
+    KEYS.iter()
+        .find(|(name, aliases)| *name == key || aliases.contains(&key.as_str()))
+        .map(|(n, _)| *n)
 }
 
 /// The closest known key, for "did you mean".
 fn closest(key: &str) -> Option<&'static str> {
+    if key.len() > SHOWN_MAX {
+        return None; // binary noise, not a typo (and edit distances are quadratic)
+    }
     let key = key.to_ascii_lowercase().replace('_', "-");
     KEYS.iter()
         .flat_map(|(n, aliases)| std::iter::once(*n).chain(aliases.iter().copied()))
@@ -265,8 +325,13 @@ fn unquote(v: &str) -> &str {
 }
 
 /// Parse the text of a configuration file into (key, value, line) triples.
-pub fn parse_file_text(file: &Path, text: &str) -> Result<Vec<(&'static str, String, usize)>, ConfigError> {
+pub fn parse_file_text(
+    file: &Path,
+    text: &str,
+) -> Result<Vec<(&'static str, String, usize)>, ConfigError> {
     let mut out = Vec::new();
+    // Some editors start a UTF-8 file with a byte order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         let trimmed = line.trim();
@@ -274,12 +339,27 @@ pub fn parse_file_text(file: &Path, text: &str) -> Result<Vec<(&'static str, Str
             continue;
         }
         let Some((key, value)) = trimmed.split_once('=') else {
-            return Err(ConfigError::Syntax { file: file.into(), line: n, text: trimmed.into() });
+            let start = trimmed
+                .split(|c: char| c.is_whitespace() || c == ':')
+                .next()
+                .unwrap_or_default();
+            return Err(ConfigError::Syntax {
+                file: file.into(),
+                line: n,
+                text: shown(start),
+            });
         };
         let key = key.trim();
         let Some(name) = canonical(key) else {
-            let hint = closest(key).map(|k| format!("; did you mean `{k}`?")).unwrap_or_default();
-            return Err(ConfigError::UnknownKey { file: file.into(), line: n, key: key.into(), hint });
+            let hint = closest(key)
+                .map(|k| format!("; did you mean `{k}`?"))
+                .unwrap_or_default();
+            return Err(ConfigError::UnknownKey {
+                file: file.into(),
+                line: n,
+                key: shown(key),
+                hint,
+            });
         };
         out.push((name, unquote(value.trim()).to_string(), n));
     }
@@ -296,8 +376,16 @@ fn read_layers(
         None => (PathBuf::from(DEFAULT_CONFIG), false),
     };
     let mut read_file = None;
-    match fs::read_to_string(&path) {
-        Ok(text) => {
+    match read_bounded(&path) {
+        Ok(bytes) => {
+            let text = String::from_utf8(bytes).map_err(|e| {
+                let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+                let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
+                ConfigError::Encoding {
+                    file: path.clone(),
+                    line,
+                }
+            })?;
             for (key, value, line) in parse_file_text(&path, &text)? {
                 let origin = format!("{}:{line}", path.display());
                 layers.values.insert(key, Raw { value, origin });
@@ -308,40 +396,132 @@ fn read_layers(
         Err(e) => return Err(ConfigError::Read(path, e)),
     }
     for (name, value) in env {
-        let Some(key) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
         // Unknown REPO_DEPLOY_* variables are ignored: the environment is shared with other
         // programs, and a typo there must not stop a fleet.
         if let Some(key) = canonical(key) {
-            layers.values.insert(key, Raw { value: value.clone(), origin: name.clone() });
+            layers.values.insert(
+                key,
+                Raw {
+                    value: value.clone(),
+                    origin: name.clone(),
+                },
+            );
         }
     }
     layers.values.retain(|_, raw| !raw.value.trim().is_empty());
+    for (key, raw) in &layers.values {
+        // `main` turns a variable that is not UTF-8 into U+FFFD; no real value holds one.
+        if raw.value.contains('\u{fffd}') && !raw.origin.contains(':') {
+            return Err(value_error(raw, key, "not valid UTF-8"));
+        }
+        if raw.value.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(value_error(
+                raw,
+                key,
+                "contains a control character (a NUL, a newline, an escape…)",
+            ));
+        }
+    }
     Ok((layers, read_file))
+}
+
+/// Most bytes a configuration file may hold: more is the wrong file (`-c /dev/zero`), which
+/// must not fill the memory.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(io::Error::other(
+            "larger than 1 MiB, so not a configuration file",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Longest key or value shown in an error; the rest is elided.
+const SHOWN_MAX: usize = 64;
+
+/// Text from a configuration as an error shows it: control characters escaped, at most
+/// [`SHOWN_MAX`] characters (a file may be binary noise or one huge line).
+fn shown(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == SHOWN_MAX {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Keys whose values are never shown in an error.
+const SECRET_KEYS: &[&str] = &["aws-access-key", "aws-secret-key", "trigger-token"];
+
+/// `error`, prefixed with where `raw` came from.
+fn at(raw: &Raw, error: ConfigError) -> ConfigError {
+    ConfigError::At {
+        origin: raw.origin.clone(),
+        error: Box::new(error),
+    }
 }
 
 /// Pick the command-line value, else the environment/file value, as a string with its origin.
 fn pick(cli: Option<String>, flag: &str, layers: &Layers, key: &str) -> Option<Raw> {
-    cli.map(|value| Raw { value, origin: flag.to_string() }).or_else(|| layers.get(key).cloned())
+    cli.map(|value| Raw {
+        value,
+        origin: flag.to_string(),
+    })
+    .or_else(|| layers.get(key).cloned())
 }
 
 fn value_error(raw: &Raw, key: &str, reason: impl Into<String>) -> ConfigError {
+    let value = match key {
+        _ if SECRET_KEYS.contains(&key) => "***".to_string(),
+        "remote" => shown(&remote::mask(&raw.value)),
+        _ => shown(&raw.value),
+    };
     ConfigError::Value {
         source_name: raw.origin.clone(),
         key: key.into(),
-        value: raw.value.clone(),
+        value,
         reason: reason.into(),
     }
 }
 
 fn parse_u64(raw: &Raw, key: &str) -> Result<u64, ConfigError> {
-    raw.value.trim().parse::<u64>().map_err(|_| value_error(raw, key, "expected a whole number"))
+    raw.value
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| value_error(raw, key, "expected a whole number"))
 }
 
 fn parse_seconds(raw: &Raw, key: &str) -> Result<Duration, ConfigError> {
     let v = raw.value.trim();
-    let secs: f64 = v.strip_suffix('s').unwrap_or(v).parse().map_err(|_| value_error(raw, key, "expected seconds"))?;
-    if !(secs.is_finite() && secs > 0.0 && secs <= 31_536_000.0) {
-        return Err(value_error(raw, key, "expected a number of seconds above 0"));
+    let secs: f64 = v
+        .strip_suffix('s')
+        .unwrap_or(v)
+        .parse()
+        .map_err(|_| value_error(raw, key, "expected seconds"))?;
+    // At least a millisecond: `1e-12` is "above 0" but would be a zero `Duration`.
+    if !(0.001..=31_536_000.0).contains(&secs) {
+        return Err(value_error(
+            raw,
+            key,
+            "expected a number of seconds from 0.001 to 31536000 (a year)",
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -349,7 +529,10 @@ fn parse_seconds(raw: &Raw, key: &str) -> Result<Duration, ConfigError> {
 /// Sizes accept K, M, G, T suffixes (powers of 1024).
 fn parse_size(raw: &Raw, key: &str) -> Result<u64, ConfigError> {
     let v = raw.value.trim().to_ascii_uppercase();
-    let v = v.strip_suffix("IB").or_else(|| v.strip_suffix('B')).unwrap_or(&v);
+    let v = v
+        .strip_suffix("IB")
+        .or_else(|| v.strip_suffix('B'))
+        .unwrap_or(&v);
     let (num, mult) = match v.chars().last() {
         Some('K') => (&v[..v.len() - 1], 1u64 << 10),
         Some('M') => (&v[..v.len() - 1], 1 << 20),
@@ -377,49 +560,93 @@ impl Settings {
     }
 
     /// As [`Settings::resolve`], with relative paths taken from `cwd`.
-    pub fn resolve_in(cli: &Cli, env: &HashMap<String, String>, cwd: &Path) -> Result<Settings, ConfigError> {
+    pub fn resolve_in(
+        cli: &Cli,
+        env: &HashMap<String, String>,
+        cwd: &Path,
+    ) -> Result<Settings, ConfigError> {
         let config = cli.config.as_ref().map(|p| cwd.join(p));
         let (layers, config_file) = read_layers(config.as_deref(), env)?;
         let os = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
 
         let local = path_of(pick(os(&cli.local), "--local", &layers, "local"), cwd);
-        let directory = path_of(pick(os(&cli.directory), "--directory", &layers, "directory"), cwd)
-            .or_else(|| local.as_ref().and_then(|l| l.parent().map(Path::to_path_buf)))
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DIRECTORY));
+        let directory = path_of(
+            pick(os(&cli.directory), "--directory", &layers, "directory"),
+            cwd,
+        )
+        .or_else(|| {
+            local
+                .as_ref()
+                .and_then(|l| l.parent().map(Path::to_path_buf))
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIRECTORY));
         let local = local.unwrap_or_else(|| directory.join("current"));
         let cache = path_of(pick(os(&cli.cache), "--cache", &layers, "cache"), cwd)
             .unwrap_or_else(|| directory.join("cache"));
-        let pre_hooks = path_of(pick(os(&cli.pre_hooks), "--pre-hooks", &layers, "pre-hooks"), cwd)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_PRE_HOOKS));
-        let post_hooks = path_of(pick(os(&cli.post_hooks), "--post-hooks", &layers, "post-hooks"), cwd)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_POST_HOOKS));
+        let pre_hooks = path_of(
+            pick(os(&cli.pre_hooks), "--pre-hooks", &layers, "pre-hooks"),
+            cwd,
+        )
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PRE_HOOKS));
+        let post_hooks = path_of(
+            pick(os(&cli.post_hooks), "--post-hooks", &layers, "post-hooks"),
+            cwd,
+        )
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_POST_HOOKS));
 
         let schedule_raw = pick(cli.schedule.clone(), "--schedule", &layers, "schedule");
-        let schedule = Schedule::parse(schedule_raw.as_ref().map_or(DEFAULT_SCHEDULE, |r| r.value.as_str()))?;
+        let schedule = match &schedule_raw {
+            Some(raw) => Schedule::parse(&raw.value).map_err(|e| at(raw, e.into()))?,
+            None => Schedule::parse(DEFAULT_SCHEDULE)?,
+        };
 
         let keep = match layers.get("keep") {
             Some(raw) => match parse_u64(raw, "keep")? {
                 n if n >= 2 => usize::try_from(n).unwrap_or(usize::MAX),
-                _ => return Err(value_error(raw, "keep", "at least 2 (the live release and the one before it)")),
+                _ => {
+                    return Err(value_error(
+                        raw,
+                        "keep",
+                        "at least 2 (the live release and the one before it)",
+                    ));
+                }
             },
             None => 5,
         };
         let seconds = |key: &str, default: u64| -> Result<Duration, ConfigError> {
-            layers.get(key).map_or(Ok(Duration::from_secs(default)), |raw| parse_seconds(raw, key))
+            layers
+                .get(key)
+                .map_or(Ok(Duration::from_secs(default)), |raw| {
+                    parse_seconds(raw, key)
+                })
         };
         let hook_timeout = seconds("hook-timeout", 300)?;
         let connect_timeout = seconds("connect-timeout", 10)?;
         let stall_timeout = seconds("stall-timeout", 60)?;
         let activate = match layers.get("activate") {
-            Some(raw) => raw.value.parse().map_err(|reason: String| value_error(raw, "activate", reason))?,
+            Some(raw) => raw
+                .value
+                .parse()
+                .map_err(|reason: String| value_error(raw, "activate", reason))?,
             None => crate::activate::Mode::default(),
+        };
+        let reuse = match layers.get("reuse") {
+            Some(raw) => crate::incremental::ReuseMode::parse(&raw.value)
+                .ok_or_else(|| value_error(raw, "reuse", "expected copy, hardlink or off"))?,
+            None => crate::incremental::ReuseMode::default(),
         };
         let telemetry = telemetry_settings(&layers)?;
         let splay = splay_setting(&layers)?;
-        let max_bytes = layers.get("max-size").map_or(Ok(16 << 30), |r| parse_size(r, "max-size"))?;
+        let max_bytes = layers
+            .get("max-size")
+            .map_or(Ok(16 << 30), |r| parse_size(r, "max-size"))?;
         let max_entries = match layers.get("max-files") {
             Some(raw) => parse_u64(raw, "max-files").and_then(|n| {
-                if n == 0 { Err(value_error(raw, "max-files", "at least 1")) } else { Ok(n) }
+                if n == 0 {
+                    Err(value_error(raw, "max-files", "at least 1"))
+                } else {
+                    Ok(n)
+                }
             })?,
             None => 1_000_000,
         };
@@ -430,8 +657,14 @@ impl Settings {
             region: layers.get("aws-region").map(|r| r.value.clone()),
             endpoint: layers.get("s3-endpoint").map(|r| r.value.clone()),
         };
-        if let (Some(raw), None) | (None, Some(raw)) = (layers.get("aws-access-key"), layers.get("aws-secret-key")) {
-            let key = if aws.access_key.is_some() { "aws-access-key" } else { "aws-secret-key" };
+        if let (Some(raw), None) | (None, Some(raw)) =
+            (layers.get("aws-access-key"), layers.get("aws-secret-key"))
+        {
+            let key = if aws.access_key.is_some() {
+                "aws-access-key"
+            } else {
+                "aws-secret-key"
+            };
             return Err(ConfigError::Value {
                 source_name: raw.origin.clone(),
                 key: key.into(),
@@ -442,10 +675,28 @@ impl Settings {
         if let Some(raw) = layers.get("s3-endpoint")
             && url::Url::parse(&raw.value).map_or(true, |u| !matches!(u.scheme(), "http" | "https"))
         {
-            return Err(value_error(raw, "s3-endpoint", "expected an http:// or https:// URL"));
+            return Err(value_error(
+                raw,
+                "s3-endpoint",
+                "expected an http:// or https:// URL",
+            ));
+        }
+        if let Some(raw) = layers.get("aws-region")
+            && !raw
+                .value
+                .trim()
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(value_error(
+                raw,
+                "aws-region",
+                "expected a region name such as eu-west-1",
+            ));
         }
 
-        let remote_raw = pick(cli.remote.clone(), "--remote", &layers, "remote").ok_or(ConfigError::NoRemote)?;
+        let remote_raw =
+            pick(cli.remote.clone(), "--remote", &layers, "remote").ok_or(ConfigError::NoRemote)?;
         let id = pick(cli.id.clone(), "--id", &layers, "id").map(|r| r.value);
         let remote_url = if remote_raw.value.contains("{id}") {
             let id = match id {
@@ -456,7 +707,7 @@ impl Settings {
         } else {
             remote_raw.value.clone()
         };
-        let remote = remote::parse(&remote_url, cwd)?;
+        let remote = remote::parse(&remote_url, cwd).map_err(|e| at(&remote_raw, e.into()))?;
         let remote_display = remote::mask(&remote_url);
 
         Ok(Settings {
@@ -472,10 +723,14 @@ impl Settings {
             schedule,
             keep,
             hook_timeout,
-            limits: Limits { max_bytes, max_entries },
+            limits: Limits {
+                max_bytes,
+                max_entries,
+            },
             connect_timeout,
             stall_timeout,
             activate,
+            reuse,
             aws,
             once: cli.fetch,
             verbose: cli.verbose,
@@ -513,6 +768,7 @@ impl Settings {
         line("connect-timeout", &self.connect_timeout.as_secs_f64());
         line("stall-timeout", &self.stall_timeout.as_secs_f64());
         line("activate", &self.activate);
+        line("reuse", &self.reuse.as_str());
         if let Some(addr) = &self.telemetry.listen {
             line("listen", addr);
         }
@@ -520,7 +776,10 @@ impl Settings {
         if self.telemetry.trigger_token.is_some() {
             line("trigger-token", &"***");
         }
-        line("trigger-min-interval", &self.telemetry.trigger_min_interval.as_secs_f64());
+        line(
+            "trigger-min-interval",
+            &self.telemetry.trigger_min_interval.as_secs_f64(),
+        );
         line("splay", &self.splay.as_secs_f64());
         if self.aws.access_key.is_some() {
             line("aws-access-key", &"***");
@@ -553,7 +812,10 @@ fn fqdn() -> String {
     if host.contains('.') {
         return host;
     }
-    let hints = dns_lookup::AddrInfoHints { flags: libc::AI_CANONNAME, ..Default::default() };
+    let hints = dns_lookup::AddrInfoHints {
+        flags: libc::AI_CANONNAME,
+        ..Default::default()
+    };
     dns_lookup::getaddrinfo(Some(&host), None, Some(hints))
         .ok()
         .and_then(|mut it| it.find_map(|a| a.ok().and_then(|a| a.canonname)))
@@ -573,7 +835,10 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn write_cfg(text: &str) -> (tempfile::TempDir, PathBuf) {
@@ -585,7 +850,9 @@ mod tests {
 
     #[test]
     fn file_syntax_comments_aliases_and_underscores() {
-        let (_d, path) = write_cfg("# c\n; c\n\nrepository = /srv/app.zip\npre_hooks=/h\nkeep = 3\nschedule = \"*/10 * * * * *\"\n");
+        let (_d, path) = write_cfg(
+            "# c\n; c\n\nrepository = /srv/app.zip\npre_hooks=/h\nkeep = 3\nschedule = \"*/10 * * * * *\"\n",
+        );
         let c = cli(&["-c", path.to_str().expect("utf8")]);
         let s = Settings::resolve_in(&c, &env(&[]), Path::new("/")).expect("settings");
         assert_eq!(s.remote, Remote::Local("/srv/app.zip".into()));
@@ -600,8 +867,12 @@ mod tests {
     #[test]
     fn unknown_key_names_file_line_and_closest_key() {
         let (_d, path) = write_cfg("remote = /a.zip\n\nschedul = * * * * *\n");
-        let err = Settings::resolve_in(&cli(&["-c", path.to_str().expect("utf8")]), &env(&[]), Path::new("/"))
-            .expect_err("unknown key");
+        let err = Settings::resolve_in(
+            &cli(&["-c", path.to_str().expect("utf8")]),
+            &env(&[]),
+            Path::new("/"),
+        )
+        .expect_err("unknown key");
         let msg = err.to_string();
         assert!(msg.contains("rd.cfg:3"), "{msg}");
         assert!(msg.contains("`schedule`"), "{msg}");
@@ -610,15 +881,23 @@ mod tests {
     #[test]
     fn line_without_equals_is_a_syntax_error() {
         let (_d, path) = write_cfg("remote /a.zip\n");
-        let err = Settings::resolve_in(&cli(&["-c", path.to_str().expect("utf8")]), &env(&[]), Path::new("/"))
-            .expect_err("syntax");
+        let err = Settings::resolve_in(
+            &cli(&["-c", path.to_str().expect("utf8")]),
+            &env(&[]),
+            Path::new("/"),
+        )
+        .expect_err("syntax");
         assert!(matches!(err, ConfigError::Syntax { line: 1, .. }));
     }
 
     #[test]
     fn missing_named_file_is_an_error() {
-        let err = Settings::resolve_in(&cli(&["-c", "/nonexistent/x.cfg", "-r", "/a.zip"]), &env(&[]), Path::new("/"))
-            .expect_err("missing");
+        let err = Settings::resolve_in(
+            &cli(&["-c", "/nonexistent/x.cfg", "-r", "/a.zip"]),
+            &env(&[]),
+            Path::new("/"),
+        )
+        .expect_err("missing");
         assert!(matches!(err, ConfigError::Read(..)));
     }
 
@@ -626,55 +905,101 @@ mod tests {
     fn precedence_cli_over_env_over_file() {
         let (_d, path) = write_cfg("remote = /file.zip\nkeep = 3\nhook-timeout = 7\n");
         let p = path.to_str().expect("utf8");
-        let e = env(&[("REPO_DEPLOY_REMOTE", "/env.zip"), ("REPO_DEPLOY_HOOK_TIMEOUT", "9")]);
+        let e = env(&[
+            ("REPO_DEPLOY_REMOTE", "/env.zip"),
+            ("REPO_DEPLOY_HOOK_TIMEOUT", "9"),
+        ]);
         let s = Settings::resolve_in(&cli(&["-c", p]), &e, Path::new("/")).expect("settings");
         assert_eq!(s.remote, Remote::Local("/env.zip".into()));
         assert_eq!(s.hook_timeout, Duration::from_secs(9));
         assert_eq!(s.keep, 3);
-        let s = Settings::resolve_in(&cli(&["-c", p, "-r", "/cli.zip"]), &e, Path::new("/")).expect("settings");
+        let s = Settings::resolve_in(&cli(&["-c", p, "-r", "/cli.zip"]), &e, Path::new("/"))
+            .expect("settings");
         assert_eq!(s.remote, Remote::Local("/cli.zip".into()));
     }
 
     #[test]
     fn directory_is_the_parent_of_local_when_only_local_is_given() {
-        let s = Settings::resolve_in(&cli(&["-r", "/a.zip", "-l", "/srv/app/live"]), &env(&[]), Path::new("/"))
-            .expect("settings");
+        let s = Settings::resolve_in(
+            &cli(&["-r", "/a.zip", "-l", "/srv/app/live"]),
+            &env(&[]),
+            Path::new("/"),
+        )
+        .expect("settings");
         assert_eq!(s.directory, PathBuf::from("/srv/app"));
-        let s = Settings::resolve_in(&cli(&["-r", "/a.zip", "-l", "/srv/app/live", "-d", "/d"]), &env(&[]), Path::new("/"))
-            .expect("settings");
+        let s = Settings::resolve_in(
+            &cli(&["-r", "/a.zip", "-l", "/srv/app/live", "-d", "/d"]),
+            &env(&[]),
+            Path::new("/"),
+        )
+        .expect("settings");
         assert_eq!(s.directory, PathBuf::from("/d"));
     }
 
     #[test]
     fn id_is_substituted() {
-        let s = Settings::resolve_in(&cli(&["-r", "https://h/{id}.zip", "-i", "web"]), &env(&[]), Path::new("/"))
-            .expect("settings");
+        let s = Settings::resolve_in(
+            &cli(&["-r", "https://h/{id}.zip", "-i", "web"]),
+            &env(&[]),
+            Path::new("/"),
+        )
+        .expect("settings");
         assert_eq!(s.remote_url, "https://h/web.zip");
-        let s = Settings::resolve_in(&cli(&["-r", "https://h/{id}.zip"]), &env(&[]), Path::new("/")).expect("settings");
+        let s = Settings::resolve_in(
+            &cli(&["-r", "https://h/{id}.zip"]),
+            &env(&[]),
+            Path::new("/"),
+        )
+        .expect("settings");
         assert!(!s.remote_url.contains("{id}"));
     }
 
     #[test]
     fn bad_values_are_errors() {
-        for (k, v) in [("KEEP", "1"), ("KEEP", "x"), ("HOOK_TIMEOUT", "-1"), ("MAX_SIZE", "lots"), ("MAX_FILES", "0"), ("SCHEDULE", "* *")] {
-            let e = env(&[("REPO_DEPLOY_REMOTE", "/a.zip"), (&format!("REPO_DEPLOY_{k}"), v)]);
-            assert!(Settings::resolve_in(&cli(&[]), &e, Path::new("/")).is_err(), "{k}={v}");
+        for (k, v) in [
+            ("KEEP", "1"),
+            ("KEEP", "x"),
+            ("HOOK_TIMEOUT", "-1"),
+            ("MAX_SIZE", "lots"),
+            ("MAX_FILES", "0"),
+            ("SCHEDULE", "* *"),
+        ] {
+            let e = env(&[
+                ("REPO_DEPLOY_REMOTE", "/a.zip"),
+                (&format!("REPO_DEPLOY_{k}"), v),
+            ]);
+            assert!(
+                Settings::resolve_in(&cli(&[]), &e, Path::new("/")).is_err(),
+                "{k}={v}"
+            );
         }
     }
 
     #[test]
     fn half_an_s3_key_pair_is_a_configuration_error() {
-        let e = env(&[("REPO_DEPLOY_REMOTE", "s3://b/a.zip"), ("REPO_DEPLOY_AWS_SECRET_KEY", "sekrit99")]);
+        let e = env(&[
+            ("REPO_DEPLOY_REMOTE", "s3://b/a.zip"),
+            ("REPO_DEPLOY_AWS_SECRET_KEY", "sekrit99"),
+        ]);
         let err = Settings::resolve_in(&cli(&[]), &e, Path::new("/")).expect_err("half a pair");
         let msg = err.to_string();
-        assert!(msg.contains("go together") && !msg.contains("sekrit99"), "{msg}");
-        let e = env(&[("REPO_DEPLOY_REMOTE", "s3://b/a.zip"), ("REPO_DEPLOY_S3_ENDPOINT", "localhost:9000")]);
+        assert!(
+            msg.contains("go together") && !msg.contains("sekrit99"),
+            "{msg}"
+        );
+        let e = env(&[
+            ("REPO_DEPLOY_REMOTE", "s3://b/a.zip"),
+            ("REPO_DEPLOY_S3_ENDPOINT", "localhost:9000"),
+        ]);
         assert!(Settings::resolve_in(&cli(&[]), &e, Path::new("/")).is_err());
     }
 
     #[test]
     fn sizes_take_suffixes() {
-        let raw = |v: &str| Raw { value: v.into(), origin: "t".into() };
+        let raw = |v: &str| Raw {
+            value: v.into(),
+            origin: "t".into(),
+        };
         assert_eq!(parse_size(&raw("10G"), "k").expect("10G"), 10 << 30);
         assert_eq!(parse_size(&raw("500MiB"), "k").expect("500MiB"), 500 << 20);
         assert_eq!(parse_size(&raw("4096"), "k").expect("4096"), 4096);
@@ -682,16 +1007,24 @@ mod tests {
 
     #[test]
     fn git_remotes_are_accepted() {
-        let s = Settings::resolve_in(&cli(&["-r", "https://u:t0ken@h/org/a.git/site#v1"]), &env(&[]), Path::new("/"))
-            .expect("git remote");
+        let s = Settings::resolve_in(
+            &cli(&["-r", "https://u:t0ken@h/org/a.git/site#v1"]),
+            &env(&[]),
+            Path::new("/"),
+        )
+        .expect("git remote");
         assert!(matches!(s.remote, Remote::Git(_)));
         assert_eq!(s.remote_display, "https://***@h/org/a.git/site#v1");
     }
 
     #[test]
     fn describe_masks_secrets() {
-        let e = env(&[("REPO_DEPLOY_AWS_SECRET_KEY", "sekrit123"), ("REPO_DEPLOY_AWS_ACCESS_KEY", "AKIAEXAMPLE1")]);
-        let s = Settings::resolve_in(&cli(&["-r", "https://u:pw123@h/a.zip"]), &e, Path::new("/")).expect("settings");
+        let e = env(&[
+            ("REPO_DEPLOY_AWS_SECRET_KEY", "sekrit123"),
+            ("REPO_DEPLOY_AWS_ACCESS_KEY", "AKIAEXAMPLE1"),
+        ]);
+        let s = Settings::resolve_in(&cli(&["-r", "https://u:pw123@h/a.zip"]), &e, Path::new("/"))
+            .expect("settings");
         let d = s.describe();
         assert!(!d.contains("sekrit123") && !d.contains("pw123"), "{d}");
         assert!(s.secrets().contains(&"sekrit123".to_string()));
@@ -699,7 +1032,8 @@ mod tests {
 
     #[test]
     fn telemetry_keys_have_defaults_and_are_validated() {
-        let s = Settings::resolve_in(&cli(&["-r", "/a.zip"]), &env(&[]), Path::new("/")).expect("settings");
+        let s = Settings::resolve_in(&cli(&["-r", "/a.zip"]), &env(&[]), Path::new("/"))
+            .expect("settings");
         assert_eq!(s.telemetry.listen, None);
         assert_eq!(s.telemetry.health_periods, 3);
         assert_eq!(s.telemetry.trigger_token, None);
@@ -713,15 +1047,22 @@ mod tests {
             ("REPO_DEPLOY_TRIGGER_MIN_INTERVAL", "30"),
             ("REPO_DEPLOY_SPLAY", "90"),
         ]);
-        let s = Settings::resolve_in(&cli(&["-r", "/a.zip"]), &e, Path::new("/")).expect("settings");
-        assert_eq!(s.telemetry.listen, Some("127.0.0.1:9469".parse().expect("addr")));
+        let s =
+            Settings::resolve_in(&cli(&["-r", "/a.zip"]), &e, Path::new("/")).expect("settings");
+        assert_eq!(
+            s.telemetry.listen,
+            Some("127.0.0.1:9469".parse().expect("addr"))
+        );
         assert_eq!(s.telemetry.health_periods, 2);
         assert_eq!(s.telemetry.trigger_min_interval, Duration::from_secs(30));
         assert_eq!(s.splay, Duration::from_secs(90));
         assert!(s.secrets().contains(&"s3cret-token-0123456789".to_string()));
         let described = s.describe();
         assert!(described.contains("listen = 127.0.0.1:9469"), "{described}");
-        assert!(!described.contains("s3cret-token") && described.contains("trigger-token = ***"), "{described}");
+        assert!(
+            !described.contains("s3cret-token") && described.contains("trigger-token = ***"),
+            "{described}"
+        );
         assert!(!format!("{s:?}").contains("s3cret-token"));
 
         for (k, v) in [
@@ -736,15 +1077,22 @@ mod tests {
             ("SPLAY", "-1"),
             ("SPLAY", "soon"),
         ] {
-            let e = env(&[("REPO_DEPLOY_REMOTE", "/a.zip"), (&format!("REPO_DEPLOY_{k}"), v)]);
-            let err = Settings::resolve_in(&cli(&[]), &e, Path::new("/")).expect_err(&format!("{k}={v}"));
+            let e = env(&[
+                ("REPO_DEPLOY_REMOTE", "/a.zip"),
+                (&format!("REPO_DEPLOY_{k}"), v),
+            ]);
+            let err =
+                Settings::resolve_in(&cli(&[]), &e, Path::new("/")).expect_err(&format!("{k}={v}"));
             assert!(matches!(err, ConfigError::Value { .. }), "{k}={v}: {err}");
         }
     }
 
     #[test]
     fn a_refused_trigger_token_is_not_echoed() {
-        let e = env(&[("REPO_DEPLOY_REMOTE", "/a.zip"), ("REPO_DEPLOY_TRIGGER_TOKEN", "tooshort1")]);
+        let e = env(&[
+            ("REPO_DEPLOY_REMOTE", "/a.zip"),
+            ("REPO_DEPLOY_TRIGGER_TOKEN", "tooshort1"),
+        ]);
         let err = Settings::resolve_in(&cli(&[]), &e, Path::new("/")).expect_err("short token");
         assert!(!err.to_string().contains("tooshort1"), "{err}");
     }

@@ -24,7 +24,7 @@ use crate::exit::Exit;
 use crate::hooks::{self, HookEnv, HookError, Phase};
 use crate::releases::Releases;
 use crate::source::{Fetched, Source};
-use crate::state::{ReleaseInfo, State};
+use crate::state::{PendingPost, ReleaseInfo, State};
 
 /// What a successful check did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +47,11 @@ pub enum CycleError {
     /// A post-update hook failed; the previous release is live again (or, on a first deploy,
     /// `current` was removed).
     #[error("post-update hook failed for {version}: {source}; {restored}")]
-    RolledBack { version: String, source: HookError, restored: String },
+    RolledBack {
+        version: String,
+        source: HookError,
+        restored: String,
+    },
     /// Stopped by a signal before the switch; `current` is unchanged.
     #[error("interrupted before the switch; current is unchanged")]
     Interrupted,
@@ -68,35 +72,76 @@ impl CycleError {
 pub fn recover(settings: &Settings) -> anyhow::Result<()> {
     let releases = Releases::open(&settings.directory)
         .with_context(|| format!("cannot open {}/releases", settings.directory.display()))?;
-    releases.sweep().with_context(|| format!("cannot clean {}", releases.root().display()))?;
-    Activator::for_settings(settings)
+    releases
+        .sweep()
+        .with_context(|| format!("cannot clean {}", releases.root().display()))?;
+    let activator = Activator::for_settings(settings);
+    activator
         .recover()
         .with_context(|| format!("cannot recover {}", settings.local.display()))?;
-    crate::source::sweep_cache(&settings.cache).with_context(|| format!("cannot clean {}", settings.cache.display()))?;
-    State::sweep(&settings.directory).with_context(|| format!("cannot clean {}", settings.directory.display()))?;
+    // In exchange mode the live release is `current`, not under releases/: keep its manifest.
+    let live = activator.live().ok().flatten().map(|l| l.name);
+    if let Err(e) = crate::incremental::sweep(&releases, live.as_deref()) {
+        tracing::warn!("cannot clean {}: {e}", releases.manifests().display());
+    }
+    crate::source::sweep_cache(&settings.cache)
+        .with_context(|| format!("cannot clean {}", settings.cache.display()))?;
+    State::sweep(&settings.directory)
+        .with_context(|| format!("cannot clean {}", settings.directory.display()))?;
     Ok(())
 }
 
 /// Run one check against `source`. The caller holds the deploy lock.
-pub async fn check(settings: &Settings, source: &Source, cancel: &CancellationToken) -> Result<Outcome, CycleError> {
+pub async fn check(
+    settings: &Settings,
+    source: &Source,
+    cancel: &CancellationToken,
+) -> Result<Outcome, CycleError> {
     let dir = &settings.directory;
-    let releases = Releases::open(dir).with_context(|| format!("cannot open {}/releases", dir.display()))?;
+    let releases =
+        Releases::open(dir).with_context(|| format!("cannot open {}/releases", dir.display()))?;
     let mut state = State::load(dir);
     let live = Activator::for_settings(settings)
         .live()
         .with_context(|| format!("cannot read {}", settings.local.display()))?;
+    // A crash between a switch and the end of its post-update hooks: finish that first.
+    if let Some(done) = resume(settings, &releases, live.as_ref()).await? {
+        let protect: Vec<PathBuf> = std::iter::once(done.release)
+            .chain(done.previous)
+            .map(|name| releases.root().join(name))
+            .collect();
+        let protect: Vec<&Path> = protect.iter().map(PathBuf::as_path).collect();
+        retain(settings, &releases, &mut state, &protect);
+    }
     let live_name = live.as_ref().map(|l| l.name.clone());
-    let live_info = live_name.as_deref().and_then(|n| state.releases.get(n)).cloned();
+    let live_info = live_name
+        .as_deref()
+        .and_then(|n| state.releases.get(n))
+        .cloned();
+    // What an update can take from the live release instead of downloading and unpacking it.
+    let live_files = live.as_ref().map(|l| (l.name.as_str(), l.path.as_path()));
+    let base = crate::incremental::Base::load(
+        settings.reuse,
+        &releases,
+        live_files,
+        live_info.as_ref().map(|i| i.sha256.as_str()),
+    );
 
     // 1. Ask the remote; download only if it changed.
-    let known = state.stamp_for(&settings.remote_display, live_name.as_deref()).cloned();
+    let known = state
+        .stamp_for(&settings.remote_display, live_name.as_deref())
+        .cloned();
     let fetch_started = Instant::now();
-    let fetched = source.fetch(known.as_ref(), cancel).await;
+    let fetched = source
+        .fetch_reusing(known.as_ref(), base.as_ref(), cancel)
+        .await;
     crate::progress::finish();
     let artifact = match fetched {
         Ok(Fetched::Unchanged) => {
             tracing::info!("unchanged: {} is live", version_of(&live_info));
-            return Ok(Outcome::Unchanged { version: live_info.map(|i| i.version) });
+            return Ok(Outcome::Unchanged {
+                version: live_info.map(|i| i.version),
+            });
         }
         Ok(Fetched::New(artifact)) => {
             crate::telemetry::fetched(&artifact, fetch_started.elapsed());
@@ -108,45 +153,74 @@ pub async fn check(settings: &Settings, source: &Source, cancel: &CancellationTo
     let version = artifact.stamp.version.clone();
     if let Some(pin) = state.pin.clone() {
         if pin.from_version == version {
-            tracing::info!("unchanged: pinned to {} by a rollback; the remote still offers {version}", pin.release);
+            tracing::info!(
+                "unchanged: pinned to {} by a rollback; the remote still offers {version}",
+                pin.release
+            );
             state.remote = settings.remote_display.clone();
             state.stamp = Some(artifact.stamp.clone());
             save(&state, dir)?;
-            return Ok(Outcome::Unchanged { version: live_info.map(|i| i.version) });
+            return Ok(Outcome::Unchanged {
+                version: live_info.map(|i| i.version),
+            });
         }
-        tracing::info!("the remote moved on to {version}: the rollback pin to {} is lifted", pin.release);
+        tracing::info!(
+            "the remote moved on to {version}: the rollback pin to {} is lifted",
+            pin.release
+        );
         state.pin = None;
     }
     if let Some(info) = live_info.as_ref().filter(|i| i.sha256 == artifact.sha256) {
         // Same bytes under a new validator (touched file, new ETag): remember it, no deploy.
-        tracing::info!("unchanged: the remote's content is the live version {}", info.version);
+        tracing::info!(
+            "unchanged: the remote's content is the live version {}",
+            info.version
+        );
         state.remote = settings.remote_display.clone();
         state.stamp = Some(artifact.stamp.clone());
         if let Some(i) = live_name.as_ref().and_then(|n| state.releases.get_mut(n)) {
             i.version = artifact.stamp.version.clone();
         }
         save(&state, dir)?;
-        return Ok(Outcome::Unchanged { version: Some(version) });
+        return Ok(Outcome::Unchanged {
+            version: Some(version),
+        });
     }
     tracing::info!("new version {version} from {}", settings.remote_display);
 
     // 2. Unpack into a hidden staging directory; 3. make it durable and give it its name.
     let started = Instant::now();
-    let staging = releases.stage().with_context(|| format!("cannot create a staging directory in {}", releases.root().display()))?;
-    let (target, limits, token) = (staging.path().to_path_buf(), settings.limits, cancel.clone());
+    let staging = releases.stage().with_context(|| {
+        format!(
+            "cannot create a staging directory in {}",
+            releases.root().display()
+        )
+    })?;
+    let (target, limits, token) = (
+        staging.path().to_path_buf(),
+        settings.limits,
+        cancel.clone(),
+    );
+    let reuse = settings.reuse;
     let (artifact, summary) = tokio::task::spawn_blocking(move || {
-        let summary = artifact.extract_into(&target, &limits, &token);
+        let summary = artifact.extract_reusing(&target, &limits, &token, reuse, base.as_deref());
         (artifact, summary)
     })
     .await
     .map_err(|e| anyhow!("unpacking panicked: {e}"))?;
     crate::progress::finish();
-    let summary = match summary {
+    let (summary, manifest) = match summary {
         Ok(s) => s,
         Err(_) if cancel.is_cancelled() => return Err(CycleError::Interrupted),
-        Err(e) => return Err(CycleError::Failed(anyhow!(e).context(format!("cannot unpack {version}")))),
+        Err(e) => {
+            return Err(CycleError::Failed(
+                anyhow!(e).context(format!("cannot unpack {version}")),
+            ));
+        }
     };
-    let release = releases.publish(staging, &version).with_context(|| format!("cannot publish the release of {version}"))?;
+    let release = releases
+        .publish(staging, &version)
+        .with_context(|| format!("cannot publish the release of {version}"))?;
     let (stamp, sha256) = (artifact.stamp.clone(), artifact.sha256.clone());
     drop(artifact);
     tracing::info!(
@@ -156,13 +230,24 @@ pub async fn check(settings: &Settings, source: &Source, cancel: &CancellationTo
         release.display(),
         started.elapsed().as_secs_f64()
     );
-    let name = release_name(&release).ok_or_else(|| anyhow!("release {} has no name", release.display()))?;
-    state.releases.insert(name.clone(), ReleaseInfo {
-        version: version.clone(),
-        sha256,
-        remote: settings.remote_display.clone(),
-        created: chrono::Utc::now().to_rfc3339(),
-    });
+    let name = release_name(&release)
+        .ok_or_else(|| anyhow!("release {} has no name", release.display()))?;
+    if let Some(manifest) = manifest
+        && let Err(e) = manifest.save(&releases.manifest_path(&name))
+    {
+        tracing::warn!(
+            "cannot write the manifest of {name} (the next update unpacks everything): {e}"
+        );
+    }
+    state.releases.insert(
+        name.clone(),
+        ReleaseInfo {
+            version: version.clone(),
+            sha256,
+            remote: settings.remote_display.clone(),
+            created: chrono::Utc::now().to_rfc3339(),
+        },
+    );
     save(&state, dir).inspect_err(|_| discard(&releases, &release))?;
 
     // 4.–6. Pre-update hooks, the switch, post-update hooks (and the rollback).
@@ -171,7 +256,10 @@ pub async fn check(settings: &Settings, source: &Source, cancel: &CancellationTo
         current: release.clone(),
         previous: live.as_ref().map(|l| l.path.clone()),
         version: version.clone(),
-        previous_version: live_info.as_ref().map(|i| i.version.clone()).unwrap_or_default(),
+        previous_version: live_info
+            .as_ref()
+            .map(|i| i.version.clone())
+            .unwrap_or_default(),
         rollback: false,
         deploy_dir: settings.local.clone(),
         remote: settings.remote_display.clone(),
@@ -196,20 +284,29 @@ pub async fn check(settings: &Settings, source: &Source, cancel: &CancellationTo
     if let Some(prev) = switched.previous.as_deref() {
         protect.push(prev);
     }
+    retain(settings, &releases, &mut state, &protect);
+    Ok(Outcome::Deployed { version, release })
+}
+
+/// Step 7: remove old releases beyond `keep`, never one in `protect`.
+fn retain(settings: &Settings, releases: &Releases, state: &mut State, protect: &[&Path]) {
     // In exchange mode the live release's files are `current`, not under releases/.
-    let keep = if settings.activate == crate::activate::Mode::Exchange { settings.keep - 1 } else { settings.keep };
-    match releases.prune(keep, &protect) {
+    let keep = if settings.activate == crate::activate::Mode::Exchange {
+        settings.keep - 1
+    } else {
+        settings.keep
+    };
+    match releases.prune(keep, protect) {
         Ok(removed) if !removed.is_empty() => {
             tracing::info!("removed old releases: {}", removed.join(", "));
             if let Ok(names) = releases.list() {
                 state.retain_releases(&names);
-                let _ = save(&state, dir);
+                let _ = save(state, &settings.directory);
             }
         }
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot remove old releases: {e}"),
     }
-    Ok(Outcome::Deployed { version, release })
 }
 
 /// Steps 4 to 6, for a release that is on disk but not live (a new one, or an old one for
@@ -217,9 +314,14 @@ pub async fn check(settings: &Settings, source: &Source, cancel: &CancellationTo
 /// failure switches back and re-runs them with `DEPLOY_ROLLBACK=1`). `env` describes the
 /// pre-update run. `cancel` is honoured until the switch, never after it. The caller removes
 /// the release if it should not stay.
-pub async fn go_live(settings: &Settings, env: HookEnv, cancel: &CancellationToken) -> Result<Switched, CycleError> {
+pub async fn go_live(
+    settings: &Settings,
+    env: HookEnv,
+    cancel: &CancellationToken,
+) -> Result<Switched, CycleError> {
     let version = env.version.clone();
-    if let Err(e) = hooks::run_parts(&settings.pre_hooks, &env, settings.hook_timeout, cancel).await {
+    if let Err(e) = hooks::run_parts(&settings.pre_hooks, &env, settings.hook_timeout, cancel).await
+    {
         return Err(match e {
             HookError::Cancelled { .. } => CycleError::Interrupted,
             e => CycleError::Blocked { version, source: e },
@@ -232,9 +334,27 @@ pub async fn go_live(settings: &Settings, env: HookEnv, cancel: &CancellationTok
     // The switch. From here on this runs to its end, whatever the signals say.
     let release = env.current.clone();
     let activator = Activator::for_settings(settings);
+    let dir = &settings.directory;
+    let pending = PendingPost {
+        release: release_name(&release)
+            .ok_or_else(|| anyhow!("release {} has no name", release.display()))?,
+        previous: activator
+            .live()
+            .with_context(|| format!("cannot read {}", settings.local.display()))?
+            .map(|l| l.name),
+        version: env.version.clone(),
+        previous_version: env.previous_version.clone(),
+    };
+    pending
+        .save(dir)
+        .with_context(|| format!("cannot write {}/post-hooks.json", dir.display()))?;
     let switch_started = Instant::now();
     let switched = activator.switch(&release).map_err(|e| {
-        CycleError::Failed(anyhow!(e).context(format!("cannot switch {} to {}", settings.local.display(), release.display())))
+        CycleError::Failed(anyhow!(e).context(format!(
+            "cannot switch {} to {}",
+            settings.local.display(),
+            release.display()
+        )))
     })?;
     tracing::info!(
         "switched {} to {} in {}µs",
@@ -244,13 +364,77 @@ pub async fn go_live(settings: &Settings, env: HookEnv, cancel: &CancellationTok
     );
 
     // In exchange mode the files moved: the post-update hooks see where they are now.
-    let env = HookEnv { phase: Phase::Post, current: switched.current.clone(), previous: switched.previous.clone(), ..env };
-    let never = CancellationToken::new();
-    if let Err(e) = hooks::run_parts(&settings.post_hooks, &env, settings.hook_timeout, &never).await {
-        let restored = roll_back(&activator, settings, &env, &release, &never).await;
-        return Err(CycleError::RolledBack { version, source: e, restored });
-    }
+    let env = HookEnv {
+        phase: Phase::Post,
+        current: switched.current.clone(),
+        previous: switched.previous.clone(),
+        ..env
+    };
+    post_hooks(settings, &activator, &env, &release).await?;
     Ok(switched)
+}
+
+/// Step 6: the post-update hooks of a switch to `release`; a failure switches back. Either
+/// way the switch's [`PendingPost`] record is then done with.
+async fn post_hooks(
+    settings: &Settings,
+    activator: &Activator,
+    env: &HookEnv,
+    release: &Path,
+) -> Result<(), CycleError> {
+    let never = CancellationToken::new();
+    let result = hooks::run_parts(&settings.post_hooks, env, settings.hook_timeout, &never).await;
+    let result = match result {
+        Ok(_) => Ok(()),
+        Err(e) => Err(CycleError::RolledBack {
+            version: env.version.clone(),
+            source: e,
+            restored: roll_back(activator, settings, env, release, &never).await,
+        }),
+    };
+    PendingPost::clear(&settings.directory);
+    result
+}
+
+/// Finish a switch whose post-update hooks a crash cut short (see [`PendingPost`]): if its
+/// release is still live, run the hooks again, and roll back if they fail. Returns the
+/// switch whose hooks passed, if any.
+async fn resume(
+    settings: &Settings,
+    releases: &Releases,
+    live: Option<&crate::activate::LiveRelease>,
+) -> Result<Option<PendingPost>, CycleError> {
+    let dir = &settings.directory;
+    let Some(pending) = PendingPost::load(dir) else {
+        return Ok(None);
+    };
+    let Some(live) = live.filter(|l| l.name == pending.release) else {
+        // The switch never happened, or its rollback did: nothing is half-done.
+        PendingPost::clear(dir);
+        return Ok(None);
+    };
+    tracing::warn!(
+        "the agent stopped before the post-update hooks of {} had finished: running them again",
+        pending.version
+    );
+    let release = releases.root().join(&pending.release);
+    let env = HookEnv {
+        phase: Phase::Post,
+        current: live.path.clone(),
+        previous: pending
+            .previous
+            .as_ref()
+            .map(|name| releases.root().join(name))
+            .filter(|p| p.is_dir()),
+        version: pending.version.clone(),
+        previous_version: pending.previous_version.clone(),
+        rollback: false,
+        deploy_dir: settings.local.clone(),
+        remote: settings.remote_display.clone(),
+    };
+    post_hooks(settings, &Activator::for_settings(settings), &env, &release).await?;
+    tracing::info!("post-update hooks of {} passed", pending.version);
+    Ok(Some(pending))
 }
 
 /// Switch back after a failed post-update hook and re-run the post-update hooks for the
@@ -266,17 +450,28 @@ async fn roll_back(
     let Some(previous) = failed.previous.clone() else {
         return match activator.deactivate(release) {
             Ok(()) => format!("first deploy: {} removed", settings.local.display()),
-            Err(e) => format!("first deploy: cannot remove {}: {e}", settings.local.display()),
+            Err(e) => format!(
+                "first deploy: cannot remove {}: {e}",
+                settings.local.display()
+            ),
         };
     };
     let back = match activator.switch(&previous) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!("cannot switch {} back to {}: {e}", settings.local.display(), previous.display());
+            tracing::error!(
+                "cannot switch {} back to {}: {e}",
+                settings.local.display(),
+                previous.display()
+            );
             return format!("rollback to {} FAILED: {e}", previous.display());
         }
     };
-    tracing::warn!("rolled back {} to {}", settings.local.display(), previous.display());
+    tracing::warn!(
+        "rolled back {} to {}",
+        settings.local.display(),
+        previous.display()
+    );
     let env = HookEnv {
         phase: Phase::Post,
         current: back.current,
@@ -287,7 +482,8 @@ async fn roll_back(
         deploy_dir: failed.deploy_dir.clone(),
         remote: failed.remote.clone(),
     };
-    if let Err(e) = hooks::run_parts(&settings.post_hooks, &env, settings.hook_timeout, never).await {
+    if let Err(e) = hooks::run_parts(&settings.post_hooks, &env, settings.hook_timeout, never).await
+    {
         tracing::error!("post-update hooks failed again after the rollback: {e}");
     }
     format!("rolled back to {}", previous.display())
@@ -299,11 +495,15 @@ fn release_name(path: &Path) -> Option<String> {
 }
 
 fn version_of(info: &Option<ReleaseInfo>) -> &str {
-    info.as_ref().map_or("(unknown version)", |i| i.version.as_str())
+    info.as_ref()
+        .map_or("(unknown version)", |i| i.version.as_str())
 }
 
 fn save(state: &State, dir: &Path) -> Result<(), CycleError> {
-    state.save(dir).with_context(|| format!("cannot write {}", State::path(dir).display())).map_err(CycleError::Failed)
+    state
+        .save(dir)
+        .with_context(|| format!("cannot write {}", State::path(dir).display()))
+        .map_err(CycleError::Failed)
 }
 
 /// Remove a release this check created and will not keep.

@@ -63,7 +63,10 @@ fn take_lock(settings: &Settings) -> Result<DeployLock, Exit> {
 
 /// Run the agent: once (`settings.once`) or as a daemon until SIGTERM/SIGINT. `reload`
 /// re-reads the configuration on SIGHUP.
-pub async fn run(mut settings: Settings, reload: impl Fn() -> Result<Settings, ConfigError>) -> Exit {
+pub async fn run(
+    mut settings: Settings,
+    reload: impl Fn() -> Result<Settings, ConfigError>,
+) -> Exit {
     let mut held = match take_lock(&settings) {
         Ok(l) => l,
         Err(exit) => return exit,
@@ -110,7 +113,9 @@ pub async fn run(mut settings: Settings, reload: impl Fn() -> Result<Settings, C
     let mut check_now = true;
     loop {
         if check_now {
-            let (result, pending) = telemetry.observe(guarded_check(&settings, &source, &mut signals)).await;
+            let (result, pending) = telemetry
+                .observe(guarded_check(&settings, &source, &mut signals))
+                .await;
             report(&settings, &result);
             telemetry.checked(&result, &settings);
             if pending.stop {
@@ -156,8 +161,14 @@ fn next_wait(settings: &Settings) -> Option<Duration> {
 /// This host's delay after each scheduled time: a part of `splay` that depends only on the
 /// host name and the remote, so it is the same at every start and differs across a fleet.
 fn splay(settings: &Settings) -> Duration {
-    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
-    schedule::splay(settings.splay, &format!("{host}\n{}", settings.remote_display))
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    schedule::splay(
+        settings.splay,
+        &format!("{host}\n{}", settings.remote_display),
+    )
 }
 
 fn log_splay(settings: &Settings) {
@@ -189,7 +200,11 @@ async fn sleep_or_forever(wait: Option<Duration>) {
 
 /// Run one check while listening to signals: a stop cancels it (the cycle decides what
 /// that means at its current step); a reload or a check-now waits for it to end.
-async fn guarded_check(settings: &Settings, source: &Source, signals: &mut Signals) -> (Result<Outcome, CycleError>, Pending) {
+async fn guarded_check(
+    settings: &Settings,
+    source: &Source,
+    signals: &mut Signals,
+) -> (Result<Outcome, CycleError>, Pending) {
     let cancel = CancellationToken::new();
     let mut pending = Pending::default();
     let check = cycle::check(settings, source, &cancel);
@@ -296,5 +311,9 @@ async fn reconfigure(
     }
     *settings = fresh;
     *source = new_source;
-    tracing::info!("SIGHUP: configuration reloaded: {} on schedule \"{}\"", settings.remote_display, settings.schedule.as_str());
+    tracing::info!(
+        "SIGHUP: configuration reloaded: {} on schedule \"{}\"",
+        settings.remote_display,
+        settings.schedule.as_str()
+    );
 }

@@ -49,14 +49,32 @@ pub struct HookEnv {
 
 impl HookEnv {
     fn vars(&self) -> Vec<(&'static str, OsString)> {
-        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.as_os_str().to_owned()).unwrap_or_default();
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.as_os_str().to_owned())
+                .unwrap_or_default()
+        };
         vec![
             ("CURRENT_CONFIG", self.current.as_os_str().to_owned()),
             ("PREVIOUS_CONFIG", path(&self.previous)),
             ("DEPLOY_VERSION", self.version.clone().into()),
-            ("DEPLOY_PREVIOUS_VERSION", self.previous_version.clone().into()),
-            ("DEPLOY_PHASE", if self.phase == Phase::Pre { "pre" } else { "post" }.into()),
-            ("DEPLOY_ROLLBACK", if self.rollback { "1" } else { "0" }.into()),
+            (
+                "DEPLOY_PREVIOUS_VERSION",
+                self.previous_version.clone().into(),
+            ),
+            (
+                "DEPLOY_PHASE",
+                if self.phase == Phase::Pre {
+                    "pre"
+                } else {
+                    "post"
+                }
+                .into(),
+            ),
+            (
+                "DEPLOY_ROLLBACK",
+                if self.rollback { "1" } else { "0" }.into(),
+            ),
             ("DEPLOY_DIR", self.deploy_dir.as_os_str().to_owned()),
             ("DEPLOY_REMOTE", self.remote.clone().into()),
         ]
@@ -67,7 +85,10 @@ impl HookEnv {
 /// with credentials or S3 keys) and the AWS secrets the agent may have been given.
 fn is_withheld(name: &[u8]) -> bool {
     name.starts_with(b"REPO_DEPLOY_")
-        || matches!(name, b"AWS_SECRET_ACCESS_KEY" | b"AWS_SESSION_TOKEN" | b"AWS_ACCESS_KEY_ID")
+        || matches!(
+            name,
+            b"AWS_SECRET_ACCESS_KEY" | b"AWS_SESSION_TOKEN" | b"AWS_ACCESS_KEY_ID"
+        )
 }
 
 /// Why the chain stopped.
@@ -79,7 +100,9 @@ pub enum HookError {
     Spawn { name: String, source: io::Error },
     #[error("hook {name} failed: {status}")]
     Failed { name: String, status: String },
-    #[error("hook {name} timed out after {secs}s and was killed with its process group (raise hook-timeout if it needs longer)")]
+    #[error(
+        "hook {name} timed out after {secs}s and was killed with its process group (raise hook-timeout if it needs longer)"
+    )]
     TimedOut { name: String, secs: u64 },
     #[error("hook {name} was stopped: repo-deploy is shutting down")]
     Cancelled { name: String },
@@ -105,11 +128,18 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, HookError> {
         // fs::metadata follows symlinks; a dangling one is skipped like any non-file.
         match fs::metadata(&path) {
             Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => hooks.push(path),
-            Ok(_) => tracing::debug!("skipping {}: not an executable regular file", path.display()),
+            Ok(_) => tracing::debug!(
+                "skipping {}: not an executable regular file",
+                path.display()
+            ),
             Err(e) => tracing::debug!("skipping {}: {e}", path.display()),
         }
     }
-    hooks.sort_by(|a, b| a.file_name().map(OsStrExt::as_bytes).cmp(&b.file_name().map(OsStrExt::as_bytes)));
+    hooks.sort_by(|a, b| {
+        a.file_name()
+            .map(OsStrExt::as_bytes)
+            .cmp(&b.file_name().map(OsStrExt::as_bytes))
+    });
     Ok(hooks)
 }
 
@@ -131,8 +161,16 @@ pub async fn run_parts(
     Ok(hooks.len())
 }
 
-async fn run_one(hook: &Path, env: &HookEnv, timeout: Duration, cancel: &CancellationToken) -> Result<(), HookError> {
-    let name = hook.file_name().map_or_else(|| hook.display().to_string(), |n| n.to_string_lossy().into_owned());
+async fn run_one(
+    hook: &Path,
+    env: &HookEnv,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> Result<(), HookError> {
+    let name = hook.file_name().map_or_else(
+        || hook.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let mut cmd = Command::new(hook);
     for (key, _) in std::env::vars_os() {
         if is_withheld(key.as_bytes()) {
@@ -147,10 +185,21 @@ async fn run_one(hook: &Path, env: &HookEnv, timeout: Duration, cancel: &Cancell
         .process_group(0)
         .kill_on_drop(true);
     tracing::debug!("running hook {name} ({:?})", env.phase);
-    let mut child = cmd.spawn().map_err(|source| HookError::Spawn { name: name.clone(), source })?;
-    let pgid = child.id().and_then(|pid| rustix::process::Pid::from_raw(pid as i32));
-    let out = child.stdout.take().map(|s| tokio::spawn(log_lines(s, name.clone())));
-    let err = child.stderr.take().map(|s| tokio::spawn(log_lines(s, name.clone())));
+    let mut child = cmd.spawn().map_err(|source| HookError::Spawn {
+        name: name.clone(),
+        source,
+    })?;
+    let pgid = child
+        .id()
+        .and_then(|pid| rustix::process::Pid::from_raw(pid as i32));
+    let out = child
+        .stdout
+        .take()
+        .map(|s| tokio::spawn(log_lines(s, name.clone())));
+    let err = child
+        .stderr
+        .take()
+        .map(|s| tokio::spawn(log_lines(s, name.clone())));
     let kill_group = || {
         if let Some(pgid) = pgid {
             let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
@@ -174,7 +223,10 @@ async fn run_one(hook: &Path, env: &HookEnv, timeout: Duration, cancel: &Cancell
     // readers a bounded time and then stop listening (that process is left alone).
     for task in [out, err].into_iter().flatten() {
         let abort = task.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .is_err()
+        {
             abort.abort();
         }
     }
@@ -183,7 +235,10 @@ async fn run_one(hook: &Path, env: &HookEnv, timeout: Duration, cancel: &Cancell
         tracing::debug!("hook {name} succeeded");
         Ok(())
     } else {
-        Err(HookError::Failed { name, status: describe(status) })
+        Err(HookError::Failed {
+            name,
+            status: describe(status),
+        })
     }
 }
 
@@ -268,8 +323,11 @@ mod tests {
         fs::create_dir(d.join("subdir")).expect("mkdir");
         symlink(d.join("10-a"), d.join("30-link")).expect("symlink");
         symlink(d.join("missing"), d.join("40-dangling")).expect("symlink");
-        let names: Vec<String> = list(d).expect("list").iter()
-            .map(|p| p.file_name().expect("name").to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = list(d)
+            .expect("list")
+            .iter()
+            .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
+            .collect();
         assert_eq!(names, ["10-a", "20-b", "30-link", "B-upper"]);
         assert!(list(&d.join("nope")).expect("missing dir").is_empty());
     }
@@ -281,13 +339,38 @@ mod tests {
         let hooks = dir.path().join("hooks");
         fs::create_dir(&hooks).expect("mkdir");
         let l = log.display();
-        script(&hooks, "1", &format!("echo \"1 $DEPLOY_PHASE $DEPLOY_VERSION [$PREVIOUS_CONFIG] $DEPLOY_ROLLBACK $DEPLOY_REMOTE $(pwd)\" >> {l}"), 0o755);
-        script(&hooks, "2", &format!("echo \"2 ${{REPO_DEPLOY_SECRET:-unset}}\" >> {l}"), 0o755);
-        let n = run_parts(&hooks, &env(dir.path()), Duration::from_secs(10), &CancellationToken::new()).await.expect("hooks");
+        script(
+            &hooks,
+            "1",
+            &format!(
+                "echo \"1 $DEPLOY_PHASE $DEPLOY_VERSION [$PREVIOUS_CONFIG] $DEPLOY_ROLLBACK $DEPLOY_REMOTE $(pwd)\" >> {l}"
+            ),
+            0o755,
+        );
+        script(
+            &hooks,
+            "2",
+            &format!("echo \"2 ${{REPO_DEPLOY_SECRET:-unset}}\" >> {l}"),
+            0o755,
+        );
+        let n = run_parts(
+            &hooks,
+            &env(dir.path()),
+            Duration::from_secs(10),
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("hooks");
         assert_eq!(n, 2);
         let text = fs::read_to_string(&log).expect("log");
         let cwd = dir.path().canonicalize().expect("real");
-        assert_eq!(text, format!("1 pre v2 [] 0 https://***@h/a.zip {}\n2 unset\n", cwd.display()));
+        assert_eq!(
+            text,
+            format!(
+                "1 pre v2 [] 0 https://***@h/a.zip {}\n2 unset\n",
+                cwd.display()
+            )
+        );
     }
 
     #[tokio::test]
@@ -295,10 +378,24 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let marker = dir.path().join("ran");
         script(dir.path(), "1", "exit 3", 0o755);
-        script(dir.path(), "2", &format!("touch {}", marker.display()), 0o755);
-        let err = run_parts(dir.path(), &env(dir.path()), Duration::from_secs(10), &CancellationToken::new())
-            .await.expect_err("fails");
-        assert!(matches!(&err, HookError::Failed { name, status } if name == "1" && status == "exit code 3"), "{err}");
+        script(
+            dir.path(),
+            "2",
+            &format!("touch {}", marker.display()),
+            0o755,
+        );
+        let err = run_parts(
+            dir.path(),
+            &env(dir.path()),
+            Duration::from_secs(10),
+            &CancellationToken::new(),
+        )
+        .await
+        .expect_err("fails");
+        assert!(
+            matches!(&err, HookError::Failed { name, status } if name == "1" && status == "exit code 3"),
+            "{err}"
+        );
         assert!(!marker.exists());
     }
 
@@ -306,14 +403,32 @@ mod tests {
     async fn timeout_kills_the_whole_group() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pidfile = dir.path().join("grandchild.pid");
-        script(dir.path(), "hang", &format!("sleep 300 & echo $! > {}\nwait", pidfile.display()), 0o755);
-        let err = run_parts(dir.path(), &env(dir.path()), Duration::from_millis(500), &CancellationToken::new())
-            .await.expect_err("times out");
+        script(
+            dir.path(),
+            "hang",
+            &format!("sleep 300 & echo $! > {}\nwait", pidfile.display()),
+            0o755,
+        );
+        let err = run_parts(
+            dir.path(),
+            &env(dir.path()),
+            Duration::from_millis(500),
+            &CancellationToken::new(),
+        )
+        .await
+        .expect_err("times out");
         assert!(matches!(err, HookError::TimedOut { .. }), "{err}");
-        let pid: i32 = fs::read_to_string(&pidfile).expect("pid").trim().parse().expect("number");
+        let pid: i32 = fs::read_to_string(&pidfile)
+            .expect("pid")
+            .trim()
+            .parse()
+            .expect("number");
         // The grandchild was killed with the group; it may linger only as a zombie of init.
         let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        assert!(state.is_empty() || state.contains(") Z"), "grandchild still running: {state}");
+        assert!(
+            state.is_empty() || state.contains(") Z"),
+            "grandchild still running: {state}"
+        );
     }
 
     #[tokio::test]
@@ -323,7 +438,14 @@ mod tests {
         let cancel = CancellationToken::new();
         let c = cancel.clone();
         tokio::spawn(async move { c.cancel() });
-        let err = run_parts(dir.path(), &env(dir.path()), Duration::from_secs(60), &cancel).await.expect_err("cancelled");
+        let err = run_parts(
+            dir.path(),
+            &env(dir.path()),
+            Duration::from_secs(60),
+            &cancel,
+        )
+        .await
+        .expect_err("cancelled");
         assert!(matches!(err, HookError::Cancelled { .. }), "{err}");
     }
 
@@ -331,7 +453,14 @@ mod tests {
     async fn background_process_holding_stdout_does_not_block() {
         let dir = tempfile::tempdir().expect("tempdir");
         script(dir.path(), "bg", "sleep 5 &\necho started", 0o755);
-        let n = run_parts(dir.path(), &env(dir.path()), Duration::from_secs(60), &CancellationToken::new()).await.expect("ok");
+        let n = run_parts(
+            dir.path(),
+            &env(dir.path()),
+            Duration::from_secs(60),
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("ok");
         assert_eq!(n, 1);
     }
 }

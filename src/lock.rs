@@ -3,10 +3,16 @@
 //! The kernel drops the lock when the holder dies, so a lock left by a `kill -9`ed agent never
 //! blocks the next start; the file itself is left in place on purpose (unlinking it would
 //! let two agents lock two different inodes).
+//!
+//! Almost never: a hook that the killed agent was spawning holds a copy of the lock's file
+//! descriptor from `fork` until its `exec` closes it, some milliseconds on a loaded machine
+//! (tests/crash.rs caught a restart in that window exiting 5). So a held lock is tried again
+//! for [`GRACE`] before a start gives up.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use rustix::fs::{FlockOperation, flock};
 use thiserror::Error;
@@ -34,7 +40,11 @@ pub enum LockError {
     Io(PathBuf, #[source] io::Error),
 }
 
-/// Take the lock of `directory` (created if missing) without waiting.
+/// How long a held lock is tried again before [`acquire`] reports it held: far longer than a
+/// fork-to-exec window, short enough that a second agent still exits 5 at once.
+pub const GRACE: Duration = Duration::from_millis(500);
+
+/// Take the lock of `directory` (created if missing), waiting at most [`GRACE`] for it.
 pub fn acquire(directory: &Path) -> Result<DeployLock, LockError> {
     let path = directory.join(".lock");
     fs::create_dir_all(directory).map_err(|e| LockError::Io(path.clone(), e))?;
@@ -44,10 +54,18 @@ pub fn acquire(directory: &Path) -> Result<DeployLock, LockError> {
         .write(true)
         .open(&path)
         .map_err(|e| LockError::Io(path.clone(), e))?;
-    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+    let deadline = Instant::now() + GRACE;
+    let mut locked = flock(&file, FlockOperation::NonBlockingLockExclusive);
+    while locked == Err(rustix::io::Errno::WOULDBLOCK) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        locked = flock(&file, FlockOperation::NonBlockingLockExclusive);
+    }
+    match locked {
         Ok(()) => {
             // The holder's pid, so `rollback` can ask a running agent to do it.
-            let _ = file.set_len(0).and_then(|()| (&file).write_all(format!("{}\n", std::process::id()).as_bytes()));
+            let _ = file
+                .set_len(0)
+                .and_then(|()| (&file).write_all(format!("{}\n", std::process::id()).as_bytes()));
             Ok(DeployLock { _file: file, path })
         }
         Err(rustix::io::Errno::WOULDBLOCK) => Err(LockError::Held(path)),
@@ -57,7 +75,12 @@ pub fn acquire(directory: &Path) -> Result<DeployLock, LockError> {
 
 /// The pid of the process holding the lock of `directory`, as it wrote it.
 pub fn holder(directory: &Path) -> Option<i32> {
-    fs::read_to_string(directory.join(".lock")).ok()?.trim().parse().ok().filter(|pid| *pid > 0)
+    fs::read_to_string(directory.join(".lock"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|pid| *pid > 0)
 }
 
 #[cfg(test)]

@@ -22,7 +22,9 @@ pub fn register_secret(secret: &str) {
         return; // masking "a" everywhere would garble every line and protect nothing
     }
     // In a JSON log line a secret with `"` or `\` in it appears escaped: mask that form too.
-    let escaped = serde_json::to_string(secret).ok().map(|q| q[1..q.len() - 1].to_string());
+    let escaped = serde_json::to_string(secret)
+        .ok()
+        .map(|q| q[1..q.len() - 1].to_string());
     if let Ok(mut list) = secrets().write() {
         for form in std::iter::once(secret.to_string()).chain(escaped) {
             if !list.contains(&form) {
@@ -36,7 +38,9 @@ pub fn register_secret(secret: &str) {
 
 /// Replace every registered secret in `text` with `***`.
 pub fn mask(text: &str) -> String {
-    let Ok(list) = secrets().read() else { return text.to_string() };
+    let Ok(list) = secrets().read() else {
+        return text.to_string();
+    };
     let mut out = text.to_string();
     for secret in list.iter() {
         if out.contains(secret.as_str()) {
@@ -59,11 +63,21 @@ pub fn init(verbose: bool) {
 pub fn init_with_format(verbose: bool, json: bool) {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
-    let (ours, theirs) = if verbose { (LevelFilter::DEBUG, LevelFilter::WARN) } else { (LevelFilter::INFO, LevelFilter::ERROR) };
+    let (ours, theirs) = if verbose {
+        (LevelFilter::DEBUG, LevelFilter::WARN)
+    } else {
+        (LevelFilter::INFO, LevelFilter::ERROR)
+    };
     let ansi = rustix::termios::isatty(std::io::stderr());
-    let filter = Targets::new().with_target("repo_deploy", ours).with_default(theirs);
-    let human = (!json)
-        .then(|| tracing_subscriber::fmt::layer().with_writer(MaskingStderr).with_target(verbose).with_ansi(ansi));
+    let filter = Targets::new()
+        .with_target("repo_deploy", ours)
+        .with_default(theirs);
+    let human = (!json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(MaskingStderr)
+            .with_target(verbose)
+            .with_ansi(ansi)
+    });
     let json = json.then(|| {
         tracing_subscriber::fmt::layer()
             .json()
@@ -72,7 +86,11 @@ pub fn init_with_format(verbose: bool, json: bool) {
             .with_span_list(false)
             .with_writer(MaskingStderr)
     });
-    let _ = tracing_subscriber::registry().with(human).with(json).with(filter).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(human)
+        .with(json)
+        .with(filter)
+        .try_init();
 }
 
 /// A `MakeWriter` whose writers buffer one event and mask it before it reaches stderr.

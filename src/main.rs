@@ -13,7 +13,10 @@ use repo_deploy::{commands, daemon, logging, progress};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init_with_format(cli.verbose, cli.log_format == repo_deploy::cli::LogFormat::Json);
+    logging::init_with_format(
+        cli.verbose,
+        cli.log_format == repo_deploy::cli::LogFormat::Json,
+    );
     // Not `env::vars()`, which panics on a variable that is not UTF-8 (any program's): such
     // values arrive with U+FFFD, which the configuration refuses in `REPO_DEPLOY_*` variables.
     let env = || {
@@ -35,9 +38,13 @@ fn main() -> ExitCode {
                     print!("{}", logging::mask(&settings.describe()));
                     Exit::Ok
                 }
-                Some(Command::Status { json }) => show(commands::status(&settings), *json, commands::render_status),
+                Some(Command::Status { json }) => {
+                    show(commands::status(&settings), *json, commands::render_status)
+                }
                 Some(Command::Releases { json }) => {
-                    show(commands::releases(&settings), *json, |list| commands::render_releases(list))
+                    show(commands::releases(&settings), *json, |list| {
+                        commands::render_releases(list)
+                    })
                 }
                 Some(Command::Rollback { to }) => {
                     let to = to.clone();
@@ -60,7 +67,11 @@ fn run(cli: &Cli, settings: Settings, env: impl Fn() -> HashMap<String, String>)
 }
 
 fn block_on(work: impl std::future::Future<Output = Exit>) -> Exit {
-    match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt.block_on(work),
         Err(e) => {
             tracing::error!("cannot start the runtime: {e}");
@@ -70,7 +81,11 @@ fn block_on(work: impl std::future::Future<Output = Exit>) -> Exit {
 }
 
 /// Print a command's result as text or JSON.
-fn show<T: serde::Serialize>(result: anyhow::Result<T>, json: bool, text: impl Fn(&T) -> String) -> Exit {
+fn show<T: serde::Serialize>(
+    result: anyhow::Result<T>,
+    json: bool,
+    text: impl Fn(&T) -> String,
+) -> Exit {
     match result {
         Ok(view) if json => match serde_json::to_string_pretty(&view) {
             Ok(s) => {

@@ -41,7 +41,11 @@ pub fn start(what: &str, total: Option<u64>, bytes: bool) {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_prefix(what.to_string());
-    if let Some(old) = BAR.lock().unwrap_or_else(PoisonError::into_inner).replace(bar) {
+    if let Some(old) = BAR
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .replace(bar)
+    {
         old.finish_and_clear();
     }
 }

@@ -65,12 +65,25 @@ impl Releases {
     pub fn open(directory: &Path) -> io::Result<Releases> {
         let root = directory.join("releases");
         fs::create_dir_all(&root)?;
-        Ok(Releases { root: root.canonicalize()? })
+        Ok(Releases {
+            root: root.canonicalize()?,
+        })
     }
 
     /// The real path of the releases directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// `${directory}/manifests`: the manifest of each release unpacked from a ZIP
+    /// (`incremental.rs`), kept outside `releases/`, where nothing but releases may stay.
+    pub fn manifests(&self) -> PathBuf {
+        self.root.with_file_name("manifests")
+    }
+
+    /// The manifest of release `name`; [`Releases::remove`] deletes it with the release.
+    pub fn manifest_path(&self, name: &str) -> PathBuf {
+        self.manifests().join(format!("{name}.jsonl"))
     }
 
     /// Delete hidden leftovers (staging and trash) of interrupted runs. Call under the lock.
@@ -80,7 +93,11 @@ impl Releases {
             let entry = entry?;
             if entry.file_name().as_bytes().starts_with(b".") {
                 let path = entry.path();
-                let result = if entry.file_type()?.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+                let result = if entry.file_type()?.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
                 match result {
                     Ok(()) => {
                         tracing::info!("removed leftover {}", path.display());
@@ -98,7 +115,10 @@ impl Releases {
     pub fn stage(&self) -> io::Result<Staging> {
         let path = self.root.join(format!(".staging-{}", unique_suffix()));
         fs::create_dir(&path)?;
-        Ok(Staging { path, published: false })
+        Ok(Staging {
+            path,
+            published: false,
+        })
     }
 
     /// Make the staging durable and give it its final name, `<UTC time>-<version>`. Returns
@@ -108,7 +128,11 @@ impl Releases {
         // that filesystem): far cheaper than an fsync per file, with the same guarantee.
         let dir = File::open(&staging.path)?;
         rustix::fs::syncfs(&dir)?;
-        let base = format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"), sanitize(version));
+        let base = format!(
+            "{}-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"),
+            sanitize(version)
+        );
         let mut name = base.clone();
         let mut n = 1;
         while fs::symlink_metadata(self.root.join(&name)).is_ok() {
@@ -139,7 +163,18 @@ impl Releases {
     /// Remove a release: rename it out of sight first, then delete it.
     pub fn remove(&self, release: &Path) -> io::Result<()> {
         if release.parent() != Some(self.root.as_path()) {
-            return Err(io::Error::other(format!("{} is not a release under {}", release.display(), self.root.display())));
+            return Err(io::Error::other(format!(
+                "{} is not a release under {}",
+                release.display(),
+                self.root.display()
+            )));
+        }
+        // The manifest first: one left by a crash here names no release and is swept.
+        if let Some(name) = release.file_name().and_then(|n| n.to_str()) {
+            match fs::remove_file(self.manifest_path(name)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
         let trash = self.root.join(format!(".trash-{}", unique_suffix()));
         fs::rename(release, &trash)?;
@@ -150,7 +185,11 @@ impl Releases {
     /// the one before it) always stay and count toward `keep`. Returns the removed names.
     pub fn prune(&self, keep: usize, protect: &[&Path]) -> io::Result<Vec<String>> {
         let names = self.list()?;
-        let is_protected = |name: &str| protect.iter().any(|p| p.file_name().map(OsStrExt::as_bytes) == Some(name.as_bytes()));
+        let is_protected = |name: &str| {
+            protect
+                .iter()
+                .any(|p| p.file_name().map(OsStrExt::as_bytes) == Some(name.as_bytes()))
+        };
         let mut kept = names.iter().filter(|n| is_protected(n)).count();
         let mut removed = Vec::new();
         for name in names.iter().rev() {
@@ -178,7 +217,13 @@ mod tests {
         let r = Releases::open(dir.path()).expect("open");
         let s = r.stage().expect("stage");
         fs::write(s.path().join("f"), b"x").expect("write");
-        assert!(s.path().file_name().expect("name").as_bytes().starts_with(b"."));
+        assert!(
+            s.path()
+                .file_name()
+                .expect("name")
+                .as_bytes()
+                .starts_with(b".")
+        );
         drop(s);
         assert!(r.list().expect("list").is_empty());
         assert_eq!(fs::read_dir(r.root()).expect("ls").count(), 0);
@@ -211,7 +256,10 @@ mod tests {
         fs::write(r.root().join(".tmp"), b"").expect("write");
         fs::create_dir(r.root().join("20260101T000000Z-v1")).expect("mkdir");
         assert_eq!(r.sweep().expect("sweep"), 3);
-        assert_eq!(r.list().expect("list"), vec!["20260101T000000Z-v1".to_string()]);
+        assert_eq!(
+            r.list().expect("list"),
+            vec!["20260101T000000Z-v1".to_string()]
+        );
     }
 
     #[test]
@@ -223,8 +271,22 @@ mod tests {
         }
         let old_live = r.root().join("20260101T000000Z-v1");
         let removed = r.prune(3, &[&old_live]).expect("prune");
-        assert_eq!(removed, vec!["20260104T000000Z-v4", "20260103T000000Z-v3", "20260102T000000Z-v2"]);
-        assert_eq!(r.list().expect("list"), vec!["20260101T000000Z-v1", "20260105T000000Z-v5", "20260106T000000Z-v6"]);
+        assert_eq!(
+            removed,
+            vec![
+                "20260104T000000Z-v4",
+                "20260103T000000Z-v3",
+                "20260102T000000Z-v2"
+            ]
+        );
+        assert_eq!(
+            r.list().expect("list"),
+            vec![
+                "20260101T000000Z-v1",
+                "20260105T000000Z-v5",
+                "20260106T000000Z-v6"
+            ]
+        );
     }
 
     #[test]

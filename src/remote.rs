@@ -76,7 +76,11 @@ pub fn parse(input: &str, cwd: &Path) -> Result<Remote, RemoteError> {
         let scheme = input[..scheme_end].to_ascii_lowercase();
         return match scheme.as_str() {
             "git" | "ssh" | "git+ssh" | "git+https" | "git+http" | "git+file" => {
-                let url = if scheme.starts_with("git+") { &input[4..] } else { input };
+                let url = if scheme.starts_with("git+") {
+                    &input[4..]
+                } else {
+                    input
+                };
                 split_git(url, &shown).map(Remote::Git)
             }
             _ if has_git_segment(url_path(input)) => split_git(input, &shown).map(Remote::Git),
@@ -85,7 +89,8 @@ pub fn parse(input: &str, cwd: &Path) -> Result<Remote, RemoteError> {
                 .map_err(|e| RemoteError::BadUrl(shown, e.to_string())),
             "s3" => parse_s3(input, &shown),
             "file" => {
-                let url = Url::parse(input).map_err(|e| RemoteError::BadUrl(shown.clone(), e.to_string()))?;
+                let url = Url::parse(input)
+                    .map_err(|e| RemoteError::BadUrl(shown.clone(), e.to_string()))?;
                 url.to_file_path()
                     .map(Remote::Local)
                     .map_err(|()| RemoteError::BadUrl(shown, "not a local file URL".into()))
@@ -101,11 +106,16 @@ pub fn parse(input: &str, cwd: &Path) -> Result<Remote, RemoteError> {
 
 fn parse_s3(input: &str, shown: &str) -> Result<Remote, RemoteError> {
     let rest = &input["s3://".len()..];
-    let (bucket, key) = rest.split_once('/').ok_or_else(|| RemoteError::S3Form(shown.into()))?;
+    let (bucket, key) = rest
+        .split_once('/')
+        .ok_or_else(|| RemoteError::S3Form(shown.into()))?;
     if bucket.is_empty() || key.is_empty() || key.ends_with('/') {
         return Err(RemoteError::S3Form(shown.into()));
     }
-    Ok(Remote::S3 { bucket: bucket.into(), key: key.into() })
+    Ok(Remote::S3 {
+        bucket: bucket.into(),
+        key: key.into(),
+    })
 }
 
 /// The path part of a URL-like string: after the authority, before `?` or `#`.
@@ -117,12 +127,15 @@ fn url_path(input: &str) -> &str {
 }
 
 fn has_git_segment(path: &str) -> bool {
-    path.split('/').any(|seg| seg.len() > 4 && seg.ends_with(".git"))
+    path.split('/')
+        .any(|seg| seg.len() > 4 && seg.ends_with(".git"))
 }
 
 /// `user@host:org/app.git`: no scheme, a `:` before the first `/`, and a user or a `.git`.
 fn is_scp_like(input: &str) -> bool {
-    let Some(colon) = input.find(':') else { return false };
+    let Some(colon) = input.find(':') else {
+        return false;
+    };
     let host_part = &input[..colon];
     if host_part.is_empty() || host_part.contains('/') {
         return false;
@@ -159,20 +172,36 @@ fn split_git(input: &str, shown: &str) -> Result<GitRemote, RemoteError> {
         }
         None => (body, None),
     };
-    Ok(GitRemote { url: url.to_string(), path, reference })
+    Ok(GitRemote {
+        url: url.to_string(),
+        path,
+        reference,
+    })
 }
 
 /// Query parameters whose values are secrets (pre-signed URLs, API tokens).
-const SECRET_PARAMS: &[&str] =
-    &["signature", "token", "password", "secret", "credential", "key", "auth", "sig"];
+const SECRET_PARAMS: &[&str] = &[
+    "signature",
+    "token",
+    "password",
+    "secret",
+    "credential",
+    "key",
+    "auth",
+    "sig",
+];
 
 /// Mask credentials in a remote string: the whole user-info part of a URL becomes `***`, and
 /// so do the values of query parameters that look like secrets. Anything printed goes
 /// through this first.
 pub fn mask(input: &str) -> String {
-    let Some(scheme_end) = input.find("://") else { return input.to_string() };
+    let Some(scheme_end) = input.find("://") else {
+        return input.to_string();
+    };
     let auth_start = scheme_end + 3;
-    let auth_end = input[auth_start..].find(['/', '?', '#']).map_or(input.len(), |i| auth_start + i);
+    let auth_end = input[auth_start..]
+        .find(['/', '?', '#'])
+        .map_or(input.len(), |i| auth_start + i);
     let mut out = String::with_capacity(input.len());
     out.push_str(&input[..auth_start]);
     let authority = &input[auth_start..auth_end];
@@ -284,20 +313,47 @@ mod tests {
 
     #[test]
     fn s3_forms() {
-        assert_eq!(p("s3://b/path/to/app.zip"), Remote::S3 { bucket: "b".into(), key: "path/to/app.zip".into() });
+        assert_eq!(
+            p("s3://b/path/to/app.zip"),
+            Remote::S3 {
+                bucket: "b".into(),
+                key: "path/to/app.zip".into()
+            }
+        );
         assert!(parse("s3://bucket", Path::new("/")).is_err());
         assert!(parse("s3://bucket/", Path::new("/")).is_err());
     }
 
     #[test]
     fn git_forms_from_the_spec() {
-        assert_eq!(p("git@host:org/app.git/path#branch"), git("git@host:org/app.git", Some("path"), Some("branch")));
-        assert_eq!(p("ssh://git@host/org/app.git"), git("ssh://git@host/org/app.git", None, None));
-        assert_eq!(p("git://host/org/app.git/a/b#v1"), git("git://host/org/app.git", Some("a/b"), Some("v1")));
-        assert_eq!(p("git+ssh://host/org/app.git"), git("ssh://host/org/app.git", None, None));
-        assert_eq!(p("git+https://host/org/app.git#main"), git("https://host/org/app.git", None, Some("main")));
-        assert_eq!(p("https://host/org/app.git/path#branch"), git("https://host/org/app.git", Some("path"), Some("branch")));
-        assert_eq!(p("file:///srv/app.git#branch"), git("file:///srv/app.git", None, Some("branch")));
+        assert_eq!(
+            p("git@host:org/app.git/path#branch"),
+            git("git@host:org/app.git", Some("path"), Some("branch"))
+        );
+        assert_eq!(
+            p("ssh://git@host/org/app.git"),
+            git("ssh://git@host/org/app.git", None, None)
+        );
+        assert_eq!(
+            p("git://host/org/app.git/a/b#v1"),
+            git("git://host/org/app.git", Some("a/b"), Some("v1"))
+        );
+        assert_eq!(
+            p("git+ssh://host/org/app.git"),
+            git("ssh://host/org/app.git", None, None)
+        );
+        assert_eq!(
+            p("git+https://host/org/app.git#main"),
+            git("https://host/org/app.git", None, Some("main"))
+        );
+        assert_eq!(
+            p("https://host/org/app.git/path#branch"),
+            git("https://host/org/app.git", Some("path"), Some("branch"))
+        );
+        assert_eq!(
+            p("file:///srv/app.git#branch"),
+            git("file:///srv/app.git", None, Some("branch"))
+        );
         assert_eq!(p("git://host/repo"), git("git://host/repo", None, None));
     }
 
@@ -309,22 +365,37 @@ mod tests {
 
     #[test]
     fn local_forms() {
-        assert_eq!(p("file:///srv/app.zip"), Remote::Local("/srv/app.zip".into()));
+        assert_eq!(
+            p("file:///srv/app.zip"),
+            Remote::Local("/srv/app.zip".into())
+        );
         assert_eq!(p("/srv/app.zip"), Remote::Local("/srv/app.zip".into()));
         assert_eq!(p("./site/"), Remote::Local("/work/./site/".into()));
     }
 
     #[test]
     fn unknown_scheme_and_empty_ref_are_errors() {
-        assert!(matches!(parse("ftp://h/a.zip", Path::new("/")), Err(RemoteError::Scheme(..))));
-        assert!(matches!(parse("git://h/a.git#", Path::new("/")), Err(RemoteError::EmptyRef(_))));
+        assert!(matches!(
+            parse("ftp://h/a.zip", Path::new("/")),
+            Err(RemoteError::Scheme(..))
+        ));
+        assert!(matches!(
+            parse("git://h/a.git#", Path::new("/")),
+            Err(RemoteError::EmptyRef(_))
+        ));
         assert_eq!(parse("  ", Path::new("/")), Err(RemoteError::Empty));
     }
 
     #[test]
     fn masking_hides_userinfo_and_secret_params() {
-        assert_eq!(mask("https://user:pa55@h.example/app.zip"), "https://***@h.example/app.zip");
-        assert_eq!(mask("https://tok3n@h/app.git#main"), "https://***@h/app.git#main");
+        assert_eq!(
+            mask("https://user:pa55@h.example/app.zip"),
+            "https://***@h.example/app.zip"
+        );
+        assert_eq!(
+            mask("https://tok3n@h/app.git#main"),
+            "https://***@h/app.git#main"
+        );
         assert_eq!(
             mask("https://h/a.zip?X-Amz-Signature=abc&x=1#f"),
             "https://h/a.zip?X-Amz-Signature=***&x=1#f"

@@ -28,13 +28,22 @@ impl Schedule {
     pub fn parse(text: &str) -> Result<Self, ScheduleError> {
         let text = text.trim();
         let fields = text.split_whitespace().count();
-        let err = |reason: String| ScheduleError { text: text.to_string(), reason };
+        let err = |reason: String| ScheduleError {
+            text: text.to_string(),
+            reason,
+        };
         if !text.starts_with('@') && !(5..=6).contains(&fields) {
             return Err(err(format!("{fields} fields")));
         }
-        let parser = CronParser::builder().seconds(Seconds::Optional).year(Year::Disallowed).build();
+        let parser = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .year(Year::Disallowed)
+            .build();
         let cron = parser.parse(text).map_err(|e| err(e.to_string()))?;
-        Ok(Schedule { cron, text: text.to_string() })
+        Ok(Schedule {
+            cron,
+            text: text.to_string(),
+        })
     }
 
     /// The next time strictly after `after`, or `None` when the expression never fires again.
@@ -80,14 +89,27 @@ mod tests {
 
     #[test]
     fn accepts_the_spec_forms() {
-        for s in ["* * * * *", "*/10 * * * * *", "@hourly", "@daily", "0 3 * * mon-fri"] {
+        for s in [
+            "* * * * *",
+            "*/10 * * * * *",
+            "@hourly",
+            "@daily",
+            "0 3 * * mon-fri",
+        ] {
             Schedule::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         }
     }
 
     #[test]
     fn rejects_bad_expressions() {
-        for s in ["", "* * * *", "61 * * * *", "* * * * * * *", "@sometimes", "every minute"] {
+        for s in [
+            "",
+            "* * * *",
+            "61 * * * *",
+            "* * * * * * *",
+            "@sometimes",
+            "every minute",
+        ] {
             assert!(Schedule::parse(s).is_err(), "{s} should be refused");
         }
     }
@@ -95,37 +117,64 @@ mod tests {
     #[test]
     fn six_fields_have_seconds_first() {
         let s = Schedule::parse("*/10 * * * * *").expect("valid");
-        let t = Local.with_ymd_and_hms(2026, 1, 1, 0, 0, 3).single().expect("time");
+        let t = Local
+            .with_ymd_and_hms(2026, 1, 1, 0, 0, 3)
+            .single()
+            .expect("time");
         let next = s.next_after(&t).expect("next");
         assert_eq!((next - t).num_seconds(), 7);
     }
 
     #[test]
     fn period_is_the_gap_between_the_next_two_fire_times() {
-        let t = Local.with_ymd_and_hms(2026, 1, 1, 0, 0, 3).single().expect("time");
+        let t = Local
+            .with_ymd_and_hms(2026, 1, 1, 0, 0, 3)
+            .single()
+            .expect("time");
         let every_10s = Schedule::parse("*/10 * * * * *").expect("valid");
-        assert_eq!(every_10s.period_after(&t), Some(std::time::Duration::from_secs(10)));
+        assert_eq!(
+            every_10s.period_after(&t),
+            Some(std::time::Duration::from_secs(10))
+        );
         let hourly = Schedule::parse("@hourly").expect("valid");
-        assert_eq!(hourly.period_after(&t), Some(std::time::Duration::from_secs(3600)));
+        assert_eq!(
+            hourly.period_after(&t),
+            Some(std::time::Duration::from_secs(3600))
+        );
     }
 
     #[test]
     fn splay_is_stable_per_key_below_max_and_spread() {
         use std::time::Duration;
         let max = Duration::from_secs(60);
-        assert_eq!(splay(Duration::ZERO, "web1\nhttps://h/a.zip"), Duration::ZERO);
+        assert_eq!(
+            splay(Duration::ZERO, "web1\nhttps://h/a.zip"),
+            Duration::ZERO
+        );
         let a = splay(max, "web1\nhttps://h/a.zip");
-        assert_eq!(a, splay(max, "web1\nhttps://h/a.zip"), "stable across calls");
-        let delays: Vec<Duration> = (0..50).map(|i| splay(max, &format!("web{i}\nhttps://h/a.zip"))).collect();
+        assert_eq!(
+            a,
+            splay(max, "web1\nhttps://h/a.zip"),
+            "stable across calls"
+        );
+        let delays: Vec<Duration> = (0..50)
+            .map(|i| splay(max, &format!("web{i}\nhttps://h/a.zip")))
+            .collect();
         assert!(delays.iter().all(|d| *d < max), "{delays:?}");
         let early = delays.iter().filter(|d| **d < max / 2).count();
-        assert!((10..=40).contains(&early), "50 hosts should spread over the window: {delays:?}");
+        assert!(
+            (10..=40).contains(&early),
+            "50 hosts should spread over the window: {delays:?}"
+        );
     }
 
     #[test]
     fn next_is_strictly_after() {
         let s = Schedule::parse("* * * * *").expect("valid");
-        let t = Local.with_ymd_and_hms(2026, 1, 1, 0, 1, 0).single().expect("time");
+        let t = Local
+            .with_ymd_and_hms(2026, 1, 1, 0, 1, 0)
+            .single()
+            .expect("time");
         assert_eq!((s.next_after(&t).expect("next") - t).num_seconds(), 60);
     }
 }

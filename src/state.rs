@@ -73,7 +73,12 @@ impl LastCheck {
         } else {
             Self::load(directory).and_then(|c| c.last_success)
         };
-        let check = LastCheck { time, result: result.to_string(), error, last_success };
+        let check = LastCheck {
+            time,
+            result: result.to_string(),
+            error,
+            last_success,
+        };
         let tmp = directory.join(format!(".status.json.tmp-{}", std::process::id()));
         let written = serde_json::to_vec_pretty(&check)
             .map_err(io::Error::other)
@@ -89,13 +94,78 @@ impl LastCheck {
 /// Replace `path` with `bytes` atomically (temp file beside it, then rename), without fsync:
 /// for small files whose loss in a power cut costs nothing.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let result = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Replace `directory/name` with `bytes` atomically and durably: a temp file beside it
+/// (`.NAME.tmp-PID`, swept at start), fsync, rename, fsync of the directory.
+fn write_durable(directory: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = directory.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, directory.join(name))?;
+        File::open(directory)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A switch whose post-update hooks have not passed yet, in `${directory}/post-hooks.json`:
+/// written durably before the switch and removed once the hooks passed or the rollback is
+/// done. Found at the next check while its release is live, it means the agent died between
+/// the switch and the end of the hooks, so they run again (hooks run at least once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingPost {
+    /// Name of the release switched to.
+    pub release: String,
+    /// Name of the release that was live before, if any.
+    pub previous: Option<String>,
+    pub version: String,
+    pub previous_version: String,
+}
+
+impl PendingPost {
+    const NAME: &str = "post-hooks.json";
+
+    /// The pending record of a deploy directory, if any (an unreadable one is logged and
+    /// ignored: `current` stays what it is).
+    pub fn load(directory: &Path) -> Option<PendingPost> {
+        let path = directory.join(Self::NAME);
+        let bytes = fs::read(&path).ok()?;
+        serde_json::from_slice(&bytes)
+            .inspect_err(|e| tracing::warn!("ignoring unreadable {}: {e}", path.display()))
+            .ok()
+    }
+
+    /// Record, durably, that the post-update hooks of this switch are due.
+    pub fn save(&self, directory: &Path) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        write_durable(directory, Self::NAME, &bytes)
+    }
+
+    /// The hooks are done (passed, or rolled back): forget the record. Not fsynced: if a power
+    /// cut brings it back, the hooks run once more.
+    pub fn clear(directory: &Path) {
+        let path = directory.join(Self::NAME);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
+        }
+    }
 }
 
 /// A version chosen by `repo-deploy rollback`: the agent does not redeploy the version it
@@ -152,24 +222,12 @@ impl State {
 
     /// Write the state atomically and durably.
     pub fn save(&self, directory: &Path) -> io::Result<()> {
-        let path = Self::path(directory);
-        let tmp = directory.join(format!(".state.json.tmp-{}", std::process::id()));
         let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        let result = (|| {
-            let mut file = File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(directory)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        write_durable(directory, "state.json", &bytes)
     }
 
     /// Remove the temporary files of a `save` (or a status record) that a crash or `kill -9`
-    /// interrupted: `.state.json.tmp-*` and `.status.json.tmp-*`. Call at start, under the lock.
+    /// interrupted: `.state.json.tmp-*`, `.status.json.tmp-*`, `.post-hooks.json.tmp-*`. Call at start, under the lock.
     pub fn sweep(directory: &Path) -> io::Result<()> {
         let entries = match fs::read_dir(directory) {
             Ok(e) => e,
@@ -180,7 +238,14 @@ impl State {
             let entry = entry?;
             let name = entry.file_name();
             let name = name.as_encoded_bytes();
-            if name.starts_with(b".state.json.tmp-") || name.starts_with(b".status.json.tmp-") {
+            let leftover = [
+                ".state.json.tmp-",
+                ".status.json.tmp-",
+                ".post-hooks.json.tmp-",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p.as_bytes()));
+            if leftover {
                 match fs::remove_file(entry.path()) {
                     Ok(()) => tracing::info!("removed leftover {}", entry.path().display()),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -198,7 +263,10 @@ impl State {
         let stamp = self.stamp.as_ref()?;
         // After a rollback the live version is not the remote's; the remote's validators stay
         // useful, so an unchanged remote still costs one request.
-        let pinned = self.pin.as_ref().is_some_and(|p| p.from_version == stamp.version);
+        let pinned = self
+            .pin
+            .as_ref()
+            .is_some_and(|p| p.from_version == stamp.version);
         (self.remote == remote && (stamp.version == info.version || pinned)).then_some(stamp)
     }
 
@@ -216,8 +284,17 @@ mod tests {
     fn round_trip_and_missing_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(State::load(dir.path()), State::default());
-        let mut s = State { remote: "r".into(), ..State::default() };
-        s.releases.insert("a".into(), ReleaseInfo { version: "v1".into(), ..Default::default() });
+        let mut s = State {
+            remote: "r".into(),
+            ..State::default()
+        };
+        s.releases.insert(
+            "a".into(),
+            ReleaseInfo {
+                version: "v1".into(),
+                ..Default::default()
+            },
+        );
         s.save(dir.path()).expect("save");
         assert_eq!(State::load(dir.path()), s);
         let leftovers: Vec<_> = fs::read_dir(dir.path()).expect("ls").collect();
@@ -233,12 +310,33 @@ mod tests {
 
     #[test]
     fn stamp_only_for_the_live_version_of_the_same_remote() {
-        let mut s = State { remote: "r".into(), ..State::default() };
-        s.stamp = Some(Stamp { version: "v1".into(), ..Default::default() });
-        s.releases.insert("rel1".into(), ReleaseInfo { version: "v1".into(), ..Default::default() });
-        s.releases.insert("rel0".into(), ReleaseInfo { version: "v0".into(), ..Default::default() });
+        let mut s = State {
+            remote: "r".into(),
+            ..State::default()
+        };
+        s.stamp = Some(Stamp {
+            version: "v1".into(),
+            ..Default::default()
+        });
+        s.releases.insert(
+            "rel1".into(),
+            ReleaseInfo {
+                version: "v1".into(),
+                ..Default::default()
+            },
+        );
+        s.releases.insert(
+            "rel0".into(),
+            ReleaseInfo {
+                version: "v0".into(),
+                ..Default::default()
+            },
+        );
         assert!(s.stamp_for("r", Some("rel1")).is_some());
-        assert!(s.stamp_for("r", Some("rel0")).is_none(), "rolled back by hand");
+        assert!(
+            s.stamp_for("r", Some("rel0")).is_none(),
+            "rolled back by hand"
+        );
         assert!(s.stamp_for("other", Some("rel1")).is_none());
         assert!(s.stamp_for("r", None).is_none());
     }

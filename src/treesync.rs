@@ -31,7 +31,10 @@ pub fn sync_tree(src: &Path, dst: &Path) -> io::Result<u64> {
 }
 
 fn temp_beside(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!("{TEMP_PREFIX}{}-{name}", std::process::id()))
 }
 
@@ -47,7 +50,12 @@ fn remove_any(path: &Path) -> io::Result<()> {
 /// Whether `to` already holds `from`: same size, mtime and mode, and — because two versions
 /// written within one timestamp tick look alike — the same bytes.
 fn same_file(from: &Path, a: &fs::Metadata, to: &Path, b: &fs::Metadata) -> io::Result<bool> {
-    if !(b.is_file() && a.len() == b.len() && a.mtime() == b.mtime() && a.mtime_nsec() == b.mtime_nsec() && a.mode() == b.mode()) {
+    if !(b.is_file()
+        && a.len() == b.len()
+        && a.mtime() == b.mtime()
+        && a.mtime_nsec() == b.mtime_nsec()
+        && a.mode() == b.mode())
+    {
         return Ok(false);
     }
     let (mut x, mut y) = (File::open(from)?, File::open(to)?);
@@ -82,7 +90,11 @@ fn sync_dir(src: &Path, dst: &Path, changed: &mut u64) -> io::Result<()> {
             fs::set_permissions(&to, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
         } else if meta.file_type().is_symlink() {
             let target = fs::read_link(&from)?;
-            if existing.as_ref().is_some_and(|m| m.file_type().is_symlink()) && fs::read_link(&to)? == target {
+            if existing
+                .as_ref()
+                .is_some_and(|m| m.file_type().is_symlink())
+                && fs::read_link(&to)? == target
+            {
                 continue;
             }
             let tmp = temp_beside(&to);
@@ -134,7 +146,11 @@ mod tests {
     #[test]
     fn syncs_contents_in_place_and_keeps_the_directory_inode() {
         let d = tempfile::tempdir().expect("tempdir");
-        let (a, b, live) = (d.path().join("a"), d.path().join("b"), d.path().join("live"));
+        let (a, b, live) = (
+            d.path().join("a"),
+            d.path().join("b"),
+            d.path().join("live"),
+        );
         fs::create_dir_all(a.join("sub")).expect("mkdir");
         fs::write(a.join("sub/keep"), "same").expect("write");
         fs::write(a.join("old"), "old").expect("write");
@@ -148,16 +164,33 @@ mod tests {
         sync_tree(&a, &live).expect("sync a");
         let inode = fs::metadata(&live).expect("live").ino();
         assert_eq!(fs::read_to_string(live.join("old")).expect("old"), "old");
-        assert_eq!(fs::read_link(live.join("link")).expect("link"), PathBuf::from("sub/keep"));
+        assert_eq!(
+            fs::read_link(live.join("link")).expect("link"),
+            PathBuf::from("sub/keep")
+        );
 
         sync_tree(&b, &live).expect("sync b");
-        assert_eq!(fs::metadata(&live).expect("live").ino(), inode, "same directory");
+        assert_eq!(
+            fs::metadata(&live).expect("live").ino(),
+            inode,
+            "same directory"
+        );
         assert!(!live.join("old").exists());
         assert!(live.join("link").is_dir());
         assert_eq!(fs::read_to_string(live.join("new")).expect("new"), "new");
-        assert_eq!(fs::metadata(live.join("new")).expect("new").mode() & 0o777, 0o750);
-        let names: Vec<_> = fs::read_dir(&live).expect("ls").map(|e| e.expect("e").file_name()).collect();
+        assert_eq!(
+            fs::metadata(live.join("new")).expect("new").mode() & 0o777,
+            0o750
+        );
+        let names: Vec<_> = fs::read_dir(&live)
+            .expect("ls")
+            .map(|e| e.expect("e").file_name())
+            .collect();
         assert_eq!(names.len(), 3, "no temp file left: {names:?}");
-        assert_eq!(sync_tree(&b, &live).expect("again"), 0, "a second sync changes nothing");
+        assert_eq!(
+            sync_tree(&b, &live).expect("again"),
+            0,
+            "a second sync changes nothing"
+        );
     }
 }

@@ -11,9 +11,9 @@
 //! CRC-32, and the first error stops every worker. Not done here: durability (the caller
 //! `syncfs`es the release) and removing a half-written `dest` after an error (the caller does).
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, DirBuilder, File, FileTimes, OpenOptions, Permissions};
+use std::hash::BuildHasher;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustix::fs::{AtFlags, CWD, Timestamps, UTIME_OMIT};
 use tokio_util::sync::CancellationToken;
 use zip::result::ZipError;
-use zip::{CompressionMethod, ExtraField, System, ZipArchive, ZipReadOptions};
+use zip::{CompressionMethod, System, ZipArchive, ZipReadOptions};
 
 /// Caps on one release, from the `max-size` and `max-files` configuration keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,11 +50,13 @@ pub struct Summary {
 }
 
 /// Why an archive or tree was refused. Entry paths are shown quoted, control characters escaped.
+/// An underlying error is the `source`, not part of the message: callers print the chain
+/// (`{:#}`), which would otherwise show it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
-    #[error("cannot open {}: {source}", path.display())]
+    #[error("cannot open {}", path.display())]
     Open { path: PathBuf, source: io::Error },
-    #[error("{} is not a readable ZIP archive: {source}", path.display())]
+    #[error("{} is not a readable ZIP archive", path.display())]
     Archive { path: PathBuf, source: ZipError },
     #[error("entry {path:?}: invalid name: {reason}")]
     InvalidName { path: String, reason: &'static str },
@@ -94,17 +96,21 @@ pub enum UnpackError {
         declared: u64,
         actual: u64,
     },
-    #[error("entry {path:?}: its header claims data past the end of the entries, the archive is corrupt")]
+    #[error(
+        "entry {path:?}: its header claims data past the end of the entries, the archive is corrupt"
+    )]
     PastTheEntries { path: String },
-    #[error("entry {path:?}: shares bytes with entry {other:?} (an overlapping zip bomb or a corrupt archive)")]
+    #[error(
+        "entry {path:?}: shares bytes with entry {other:?} (an overlapping zip bomb or a corrupt archive)"
+    )]
     Overlap { path: String, other: String },
     #[error("entry {path:?}: CRC-32 mismatch, the archive is corrupt")]
     CrcMismatch { path: String },
-    #[error("entry {path:?}: corrupt data: {source}")]
+    #[error("entry {path:?}: corrupt data")]
     Corrupt { path: String, source: ZipError },
-    #[error("entry {path:?}: name too long for the filesystem: {source}")]
+    #[error("entry {path:?}: name too long for the filesystem")]
     NameTooLong { path: String, source: io::Error },
-    #[error("entry {path:?}: cannot {action}: {source}")]
+    #[error("entry {path:?}: cannot {action}")]
     Io {
         path: String,
         action: &'static str,
@@ -124,32 +130,144 @@ pub fn unpack_zip(
     limits: &Limits,
     cancel: &CancellationToken,
 ) -> Result<Summary> {
-    let open = |source| UnpackError::Open {
-        path: archive.to_path_buf(),
-        source,
-    };
-    let file = File::open(archive).map_err(open)?;
-    let len = file.metadata().map_err(open)?.len();
-    let reader = PosReader {
-        file: Arc::new(file),
-        pos: 0,
-        len,
-    };
+    unpack_zip_reusing(archive, dest, limits, cancel, None).map(|unpacked| unpacked.summary)
+}
+
+/// A regular file of an unpacked ZIP, as its entry describes it (the manifest of a release).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    /// Normalised path inside the release.
+    pub path: String,
+    pub size: u64,
+    pub crc: u32,
+    /// Permission bits as written.
+    pub mode: u32,
+    /// As written; `None`: the entry had none, the file kept the time it was written.
+    pub mtime: Option<SystemTime>,
+}
+
+/// What [`unpack_zip_reusing`] wrote, and where the archive's central directory is.
+#[derive(Debug)]
+pub struct Unpacked {
+    pub summary: Summary,
+    /// Every regular file, in archive order.
+    pub files: Vec<FileRecord>,
+    /// Offset of the central directory; it runs to `len`, the end of the archive.
+    pub central_directory: u64,
+    pub len: u64,
+}
+
+/// Where unchanged regular files can come from instead of the archive: an earlier release (an
+/// incremental update, `incremental.rs`). The entry has passed every check of the planner.
+pub trait Reuse: Sync {
+    /// Create `file.path` in `dest` (its parent exists) with [`create_file`] or as a hard link,
+    /// from an earlier release that holds this very file, and give it `mode` and `mtime`.
+    /// `Ok(false)`: no such file there; the caller unpacks the entry from the archive.
+    fn place(&self, file: &ReuseRequest<'_>, dest: &Path) -> io::Result<bool>;
+}
+
+/// One regular file the unpacker is about to write, for [`Reuse::place`].
+#[derive(Debug)]
+pub struct ReuseRequest<'a> {
+    /// Position in the archive's central directory.
+    pub index: usize,
+    pub path: &'a str,
+    pub size: u64,
+    pub crc: u32,
+    pub mode: u32,
+    pub mtime: Option<SystemTime>,
+}
+
+/// [`unpack_zip`], taking what it can from `reuse`, and listing the files it wrote.
+pub fn unpack_zip_reusing(
+    archive: &Path,
+    dest: &Path,
+    limits: &Limits,
+    cancel: &CancellationToken,
+    reuse: Option<&dyn Reuse>,
+) -> Result<Unpacked> {
+    unpack_open_zip(OpenZip::open(archive)?, dest, limits, cancel, reuse)
+}
+
+/// A ZIP whose central directory has been read (by the zip crate), so that planning an
+/// incremental download (`source/ranges.rs`) and unpacking read it once.
+#[derive(Clone)]
+pub struct OpenZip {
+    path: PathBuf,
+    reader: PosReader,
+    zip: ZipArchive<PosReader>,
+}
+
+impl std::fmt::Debug for OpenZip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenZip")
+            .field("path", &self.path)
+            .field("entries", &self.zip.len())
+            .finish()
+    }
+}
+
+impl OpenZip {
+    /// Read the central directory of the ZIP at `path`.
+    pub fn open(path: &Path) -> Result<OpenZip> {
+        let open = |source| UnpackError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(open)?;
+        let len = file.metadata().map_err(open)?.len();
+        let reader = PosReader {
+            file: Arc::new(file),
+            pos: 0,
+            len,
+        };
+        let zip = ZipArchive::new(reader.clone()).map_err(|source| UnpackError::Archive {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let path = path.to_path_buf();
+        Ok(OpenZip { path, reader, zip })
+    }
+
+    /// The archive, for reading its central directory.
+    pub fn archive(&self) -> &ZipArchive<impl Read + Seek + use<>> {
+        &self.zip
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// [`unpack_zip_reusing`] of an archive already open.
+pub fn unpack_open_zip(
+    open: OpenZip,
+    dest: &Path,
+    limits: &Limits,
+    cancel: &CancellationToken,
+    reuse: Option<&dyn Reuse>,
+) -> Result<Unpacked> {
+    let OpenZip {
+        path: archive,
+        reader,
+        mut zip,
+    } = open;
+    let len = reader.len;
     let bad_archive = |source| UnpackError::Archive {
-        path: archive.to_path_buf(),
+        path: archive.clone(),
         source,
     };
-    let mut zip = ZipArchive::new(reader.clone()).map_err(bad_archive)?;
     if zip.has_duplicate_names() {
         // `ZipArchive` keys entries by name, so find the repeated one in the raw directory.
         return Err(UnpackError::Duplicate {
             path: first_duplicate(reader),
         });
     }
-    let mut planner = Planner::new(*limits);
+    let mut planner = Planner::with_capacity(*limits, zip.len() + zip.len() / 8);
     let directory_start = zip.central_directory_start();
-    // (local header start, end of data, path) of every entry.
+    // (local header start, end of data, index in the planner) of every entry.
     let mut spans = Vec::with_capacity(zip.len());
+    let mut extras = CentralExtras::new(reader.clone());
     for index in 0..zip.len() {
         check(cancel)?;
         let name = zip
@@ -157,15 +275,10 @@ pub fn unpack_zip(
             .map_err(bad_archive)?
             .name_raw()
             .to_vec();
-        let shown = || String::from_utf8_lossy(&name).into_owned();
-        let entry = zip.by_index_raw(index);
-        let entry = entry.map_err(|source| UnpackError::Corrupt {
-            path: shown(),
-            source,
-        })?;
-        let attrs = entry.external_attributes();
-        let mode = (entry.system() == System::Unix && attrs >> 16 != 0).then_some(attrs >> 16);
-        let dos_dir = mode.is_none() && attrs & 0x10 != 0;
+        // The central directory only: local headers are read when an entry's data is (an
+        // incremental download may not have the others).
+        let entry = zip.by_index_data(index).map_err(bad_archive)?;
+        let (mode, dos_dir) = zip_mode(entry.system(), entry.external_attributes());
         let (path, kind) = planner.admit(&name, mode, dos_dir)?;
         if kind != Type::Dir {
             if entry.encrypted() {
@@ -186,18 +299,19 @@ pub fn unpack_zip(
         }
         // Headers lie about sizes (ZIP64 ones too): an entry's bytes must end before the
         // central directory, and no two entries may share bytes (the overlapping zip bomb).
+        // The data starts after the local header's name and extra field; the central name
+        // stands in for the local one and the local extra field is not read, so `end` is a
+        // lower bound: an overlap shorter than a local extra field (at most 64 KiB per pair of
+        // neighbours, nothing that multiplies) goes unnoticed here.
         let start = entry.header_start();
-        let end = (entry.data_start().unwrap_or(start))
+        let end = (start.saturating_add(30 + name.len() as u64))
             .checked_add(entry.compressed_size())
             .filter(|&end| end <= directory_start);
         let Some(end) = end else {
             return Err(UnpackError::PastTheEntries { path });
         };
-        spans.push((start, end, path.clone()));
-        let extended = entry.extra_data_fields().find_map(|field| match field {
-            ExtraField::ExtendedTimestamp(ts) => ts.mod_time(),
-            _ => None,
-        });
+        spans.push((start, end, planner.entries.len()));
+        let extended = extras.mtime(entry.central_header_start());
         let mtime = match extended {
             Some(secs) => UNIX_EPOCH.checked_add(Duration::from_secs(secs.into())),
             None => entry.last_modified().and_then(|t| {
@@ -228,12 +342,30 @@ pub fn unpack_zip(
     spans.sort_unstable();
     if let Some(pair) = spans.windows(2).find(|pair| pair[0].1 > pair[1].0) {
         return Err(UnpackError::Overlap {
-            path: pair[1].2.clone(),
-            other: pair[0].2.clone(),
+            path: planner.entries[pair[1].2].path.clone(),
+            other: planner.entries[pair[0].2].path.clone(),
         });
     }
+    drop(spans);
     let entries = planner.finish()?;
-    build(&entries, dest, limits, cancel, &ZipContents(zip))
+    let contents = ZipContents { zip, reuse };
+    let summary = build(&entries, dest, limits, cancel, &contents)?;
+    let files = entries.into_iter().filter_map(|entry| match entry.kind {
+        Kind::File { size, index } => Some(FileRecord {
+            crc: contents.zip.by_index_data(index).map_or(0, |e| e.crc32()),
+            path: entry.path,
+            size,
+            mode: entry.mode,
+            mtime: entry.mtime,
+        }),
+        _ => None,
+    });
+    Ok(Unpacked {
+        summary,
+        files: files.collect(),
+        central_directory: directory_start,
+        len,
+    })
 }
 
 /// Copy the local directory tree `src` into `dest` (existing, empty), by the same rules as
@@ -437,53 +569,62 @@ struct Entry {
 struct Planner {
     limits: Limits,
     entries: Vec<Entry>,
-    /// Normalised path -> index into `entries`.
-    exact: HashMap<String, usize>,
-    /// Lower-cased path -> the path that claimed it.
-    folded: HashMap<String, String>,
+    /// Indices into `entries`, by lower-cased path: one table finds both duplicates and names
+    /// that differ only in case, and holds no copy of any path (maps of paths cost 35 MB at
+    /// 100,000 entries, against the 64 MB peak the issue allows).
+    names: hashbrown::HashTable<usize>,
+    hasher: std::hash::RandomState,
     count: u64,
     bytes: u64,
 }
 
+/// `path` lower-cased, without a copy when it already is (the common case).
+fn folded(path: &str) -> std::borrow::Cow<'_, str> {
+    if path
+        .bytes()
+        .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+    {
+        std::borrow::Cow::Borrowed(path)
+    } else {
+        std::borrow::Cow::Owned(path.to_lowercase())
+    }
+}
+
 impl Planner {
     fn new(limits: Limits) -> Self {
-        let (exact, folded) = (HashMap::new(), HashMap::new());
+        Self::with_capacity(limits, 0)
+    }
+
+    /// For about `entries` entries: no reallocation (and no transient copy) while they come.
+    fn with_capacity(limits: Limits, entries: usize) -> Self {
         Planner {
             limits,
-            entries: Vec::new(),
-            exact,
-            folded,
+            entries: Vec::with_capacity(entries),
+            names: hashbrown::HashTable::with_capacity(entries),
+            hasher: std::hash::RandomState::new(),
             count: 0,
             bytes: 0,
         }
+    }
+
+    /// The index of the entry whose lower-cased path is `key`.
+    fn claimed(&self, key: &str) -> Option<usize> {
+        let hash = self.hasher.hash_one(key);
+        let same = |&i: &usize| folded(&self.entries[i].path) == key;
+        self.names.find(hash, same).copied()
+    }
+
+    /// The index of the entry with exactly this normalised path.
+    fn index_of(&self, path: &str) -> Option<usize> {
+        let i = self.claimed(&folded(path))?;
+        (self.entries[i].path == path).then_some(i)
     }
 
     /// Checks the entry count, the name and the type; returns the normalised path and the type.
     fn admit(&mut self, raw: &[u8], mode: Option<u32>, dir_flag: bool) -> Result<(String, Type)> {
         let (path, trailing_slash) = normalize(raw)?;
         self.count_entry(&path)?;
-        let dir_flag = dir_flag || trailing_slash;
-        let special = |kind| {
-            Err(UnpackError::SpecialFile {
-                path: path.clone(),
-                kind,
-            })
-        };
-        let kind = match mode.map_or(0, |m| m & S_IFMT) {
-            S_IFCHR => return special("character device"),
-            S_IFBLK => return special("block device"),
-            S_IFIFO => return special("FIFO"),
-            S_IFSOCK => return special("socket"),
-            S_IFLNK if dir_flag => {
-                let reason = "is a symlink but ends with `/`";
-                return Err(UnpackError::InvalidName { path, reason });
-            }
-            S_IFLNK => Type::Symlink,
-            S_IFDIR => Type::Dir,
-            _ if dir_flag => Type::Dir,
-            0 | S_IFREG => Type::File,
-            _ => return special("unknown file type"),
-        };
+        let kind = classify(&path, mode, dir_flag || trailing_slash)?;
         Ok((path, kind))
     }
 
@@ -514,20 +655,27 @@ impl Planner {
             Kind::Symlink { target } => check_target(&entry.path, target)?,
             Kind::Dir => {}
         }
-        if self.exact.contains_key(&entry.path) {
-            return Err(UnpackError::Duplicate { path: entry.path });
-        }
-        let folded = entry.path.to_lowercase();
-        if let Some(other) = self.folded.get(&folded) {
+        if let Some(i) = self.claimed(&folded(&entry.path)) {
+            let other = &self.entries[i].path;
+            if *other == entry.path {
+                return Err(UnpackError::Duplicate { path: entry.path });
+            }
             let other = other.clone();
             return Err(UnpackError::CaseCollision {
                 path: entry.path,
                 other,
             });
         }
-        self.folded.insert(folded, entry.path.clone());
-        self.exact.insert(entry.path.clone(), self.entries.len());
-        self.entries.push(entry);
+        let Planner {
+            names,
+            entries,
+            hasher,
+            ..
+        } = self;
+        let hash = hasher.hash_one(folded(&entry.path).as_ref());
+        let rehash = |&i: &usize| hasher.hash_one(folded(&entries[i].path).as_ref());
+        names.insert_unique(hash, entries.len(), rehash);
+        entries.push(entry);
         Ok(())
     }
 
@@ -539,7 +687,7 @@ impl Planner {
             let mut rest = path.as_str();
             while let Some((parent, _)) = rest.rsplit_once('/') {
                 rest = parent;
-                if let Some(&known) = self.exact.get(parent) {
+                if let Some(known) = self.index_of(parent) {
                     let (path, parent) = match self.entries[known].kind {
                         Kind::Dir => break,
                         _ => (path.clone(), parent.to_owned()),
@@ -561,6 +709,66 @@ impl Planner {
         }
         Ok(self.entries)
     }
+}
+
+/// The type of the entry at `path` from its unix `mode` (if any) and whether its name or DOS
+/// attributes mark a directory.
+fn classify(path: &str, mode: Option<u32>, dir_flag: bool) -> Result<Type> {
+    let special = |kind| {
+        Err(UnpackError::SpecialFile {
+            path: path.to_owned(),
+            kind,
+        })
+    };
+    match mode.map_or(0, |m| m & S_IFMT) {
+        S_IFCHR => special("character device"),
+        S_IFBLK => special("block device"),
+        S_IFIFO => special("FIFO"),
+        S_IFSOCK => special("socket"),
+        S_IFLNK if dir_flag => {
+            let reason = "is a symlink but ends with `/`";
+            let path = path.to_owned();
+            Err(UnpackError::InvalidName { path, reason })
+        }
+        S_IFLNK => Ok(Type::Symlink),
+        S_IFDIR => Ok(Type::Dir),
+        _ if dir_flag => Ok(Type::Dir),
+        0 | S_IFREG => Ok(Type::File),
+        _ => special("unknown file type"),
+    }
+}
+
+/// The unix mode of a ZIP entry (when it has one) and whether its DOS attributes mark a
+/// directory.
+fn zip_mode(system: System, attrs: u32) -> (Option<u32>, bool) {
+    let mode = (system == System::Unix && attrs >> 16 != 0).then_some(attrs >> 16);
+    (mode, mode.is_none() && attrs & 0x10 != 0)
+}
+
+/// A ZIP entry as the unpacker will see it, judged from its central directory record alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryView {
+    /// The normalised path.
+    pub path: String,
+    /// Whether the unpacker reads the entry's data: everything but directories.
+    pub has_data: bool,
+    /// Permission bits, for a regular file.
+    pub file_mode: Option<u32>,
+}
+
+/// How [`unpack_zip`] will see the entry named `name` with these attributes (for planning an
+/// incremental download, `source/ranges.rs`); `None` when it refuses the name or the type.
+pub fn zip_entry_view(name: &[u8], system: System, attrs: u32) -> Option<EntryView> {
+    let (path, trailing_slash) = normalize(name).ok()?;
+    let (mode, dos_dir) = zip_mode(system, attrs);
+    let kind = classify(&path, mode, dos_dir || trailing_slash).ok()?;
+    let file_mode = (kind == Type::File).then(|| mode.map_or(0o644, |m| m & 0o777));
+    let has_data = kind != Type::Dir;
+    Some(EntryView {
+        path,
+        has_data,
+        file_mode,
+    })
 }
 
 /// Validates a raw entry name and normalises it; also reports a trailing `/` (a directory).
@@ -760,16 +968,40 @@ trait Contents: Sync {
         out: &mut File,
         job: &Job,
     ) -> Result<u64>;
+    /// Whether `entry` was created in `dest` from elsewhere (an earlier release) instead.
+    fn reused(&self, _entry: &Entry, _dest: &Path) -> Result<bool> {
+        Ok(false)
+    }
 }
 
-struct ZipContents(ZipArchive<PosReader>);
+struct ZipContents<'a> {
+    zip: ZipArchive<PosReader>,
+    reuse: Option<&'a dyn Reuse>,
+}
 
-impl Contents for ZipContents {
+impl Contents for ZipContents<'_> {
     /// A clone shares the parsed central directory; reads are positional, so no lock.
     type Reader = (ZipArchive<PosReader>, Vec<u8>);
 
     fn reader(&self) -> Self::Reader {
-        (self.0.clone(), vec![0; BUF_SIZE])
+        (self.zip.clone(), vec![0; BUF_SIZE])
+    }
+
+    fn reused(&self, entry: &Entry, dest: &Path) -> Result<bool> {
+        let (Some(reuse), Kind::File { size, index }) = (self.reuse, &entry.kind) else {
+            return Ok(false);
+        };
+        let crc = self.zip.by_index_data(*index).map_or(0, |e| e.crc32());
+        let request = ReuseRequest {
+            index: *index,
+            path: &entry.path,
+            size: *size,
+            crc,
+            mode: entry.mode,
+            mtime: entry.mtime,
+        };
+        let placed = reuse.place(&request, dest);
+        placed.map_err(|e| io_error(&entry.path, "take the file from the live release", e))
     }
 
     fn copy(
@@ -911,15 +1143,18 @@ impl Job<'_> {
         reader: &mut C::Reader,
     ) -> Result<()> {
         self.charge(&entry.path, 0)?;
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(dest.join(&entry.path))
+        if contents.reused(entry, dest)? {
+            let Kind::File { size, .. } = entry.kind else {
+                return Ok(());
+            };
+            return self.charge(&entry.path, size);
+        }
+        let mut out = create_file(dest, &entry.path, entry.mode)
             .map_err(|e| io_error(&entry.path, "create file", e))?;
-        contents.copy(reader, entry, &mut out, self)?;
-        set_attributes(&out, entry)
+        let written = contents.copy(reader, entry, &mut out, self)?;
+        finish_file(&out, entry)?;
+        start_writeback(&out, written);
+        Ok(())
     }
 }
 
@@ -1021,6 +1256,63 @@ fn check(cancel: &CancellationToken) -> Result<()> {
     }
 }
 
+/// Create the regular file `path` under `dest` for writing: never an existing one
+/// (`O_EXCL`), never through a symlink at the last component (`O_NOFOLLOW`; the parents were
+/// created by the unpacker), with permission bits `mode` (the umask may clear some:
+/// [`finish_file`] sets them exactly).
+pub(crate) fn create_file(dest: &Path, path: &str, mode: u32) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dest.join(path))
+}
+
+/// The process umask, read once (`umask(2)` cannot be read without changing it, which would
+/// race with other threads creating files).
+fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"));
+        // Unknown: assume every bit may have been cleared, so `finish_file` always sets them.
+        line.and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            .unwrap_or(0o777)
+    })
+}
+
+/// Mode (only when the umask cleared some of its bits at creation: one syscall less per file)
+/// and mtime of a file made by [`create_file`], through the open handle.
+fn finish_file(handle: &File, entry: &Entry) -> Result<()> {
+    if entry.mode & umask() != 0 {
+        handle
+            .set_permissions(Permissions::from_mode(entry.mode))
+            .map_err(|e| io_error(&entry.path, "set permissions", e))?;
+    }
+    if let Some(mtime) = entry.mtime {
+        handle
+            .set_times(FileTimes::new().set_modified(mtime))
+            .map_err(|e| io_error(&entry.path, "set mtime", e))?;
+    }
+    Ok(())
+}
+
+/// Files at least this large have their writeback started as soon as they are written.
+const WRITEBACK_FROM: u64 = 1024 * 1024;
+
+/// Start writing a finished file to disk now, without waiting (`sync_file_range` with
+/// `SYNC_FILE_RANGE_WRITE`), so the disk works while the next files are decompressed and the
+/// `syncfs(2)` that makes the release durable has less left to do. Durability itself is still
+/// the caller's `syncfs`: this only moves I/O earlier. Failures are ignored for that reason.
+pub(crate) fn start_writeback(handle: &File, written: u64) {
+    if written >= WRITEBACK_FROM {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open descriptor; the call only schedules writeback of its pages.
+        unsafe { libc::sync_file_range(handle.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    }
+}
+
 /// Mode and mtime through the open handle, so no path is followed.
 fn set_attributes(handle: &File, entry: &Entry) -> Result<()> {
     handle
@@ -1091,6 +1383,65 @@ fn crc32(crc: u32, data: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new_with_initial(crc);
     hasher.update(data);
     hasher.finalize()
+}
+
+/// Reads central directory headers for what `ZipFileEntry` does not expose, the extended
+/// timestamp (0x5455) of the central extra field, parsed as the zip crate parses it there: the
+/// first such field with a modification time wins. Headers are read in order, through a buffer.
+struct CentralExtras {
+    reader: PosReader,
+    buf: Vec<u8>,
+    /// Archive offset of `buf[0]`.
+    at: u64,
+}
+
+impl CentralExtras {
+    fn new(reader: PosReader) -> Self {
+        CentralExtras {
+            reader,
+            buf: Vec::new(),
+            at: 0,
+        }
+    }
+
+    /// `len` bytes at `offset`, if the archive has them.
+    fn bytes(&mut self, offset: u64, len: usize) -> Option<&[u8]> {
+        let inside = offset >= self.at && offset + len as u64 <= self.at + self.buf.len() as u64;
+        if !inside {
+            let want = len
+                .max(64 * 1024)
+                .min(usize::try_from(self.reader.len.checked_sub(offset)?).ok()?);
+            self.buf.resize(want, 0);
+            self.reader.file.read_exact_at(&mut self.buf, offset).ok()?;
+            self.at = offset;
+        }
+        let start = usize::try_from(offset - self.at).ok()?;
+        self.buf.get(start..start + len)
+    }
+
+    /// The modification time of the central header at `offset`, in seconds since the epoch.
+    fn mtime(&mut self, offset: u64) -> Option<u32> {
+        let head = self.bytes(offset, 46)?;
+        if head[..4] != [0x50, 0x4b, 1, 2] {
+            return None;
+        }
+        let field = |at: usize| usize::from(u16::from_le_bytes([head[at], head[at + 1]]));
+        let (name_len, extra_len) = (field(28), field(30));
+        let extra = self.bytes(offset + 46 + name_len as u64, extra_len)?;
+        let mut rest = extra;
+        while let [a, b, c, d, tail @ ..] = rest {
+            let (id, len) = (
+                u16::from_le_bytes([*a, *b]),
+                usize::from(u16::from_le_bytes([*c, *d])),
+            );
+            let body = tail.get(..len)?;
+            if let (0x5455, [_flags, t0, t1, t2, t3, ..]) = (id, body) {
+                return Some(u32::from_le_bytes([*t0, *t1, *t2, *t3]));
+            }
+            rest = &tail[len..];
+        }
+        None
+    }
 }
 
 /// A cloneable `Read + Seek` over a shared file using `pread`, so each worker's `ZipArchive`

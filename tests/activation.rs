@@ -11,13 +11,22 @@ use common::*;
 fn publish(env: &Env, version: &str) -> String {
     let remote = env.root.join("app.zip");
     let tmp = env.root.join("next.zip");
-    zip(&tmp, &[file("version.txt", format!("{version}\n"), 0o644), file(&format!("only-{version}"), "x", 0o600)]);
+    zip(
+        &tmp,
+        &[
+            file("version.txt", format!("{version}\n"), 0o644),
+            file(&format!("only-{version}"), "x", 0o600),
+        ],
+    );
     fs::rename(&tmp, &remote).expect("publish");
     remote.to_str().expect("utf8").to_string()
 }
 
 fn current_version(env: &Env) -> String {
-    fs::read_to_string(env.current().join("version.txt")).expect("current/version.txt").trim().to_string()
+    fs::read_to_string(env.current().join("version.txt"))
+        .expect("current/version.txt")
+        .trim()
+        .to_string()
 }
 
 fn run_mode(env: &Env, mode: &str, args: &[&str]) -> Output {
@@ -32,27 +41,44 @@ fn directory_modes_deploy_into_a_real_directory() {
         let r = publish(&env, "v1");
         run_mode(&env, mode, &["-f", "-r", &r]).expect_code(0);
         let meta = fs::symlink_metadata(env.current()).expect("current");
-        assert!(meta.is_dir() && !meta.file_type().is_symlink(), "{mode}: current is a directory");
+        assert!(
+            meta.is_dir() && !meta.file_type().is_symlink(),
+            "{mode}: current is a directory"
+        );
         assert_eq!(current_version(&env), "v1", "{mode}");
         let inode = meta.ino();
 
         let r = publish(&env, "v2");
         run_mode(&env, mode, &["-f", "-r", &r]).expect_code(0);
         assert_eq!(current_version(&env), "v2", "{mode}");
-        assert!(!env.current().join("only-v1").exists(), "{mode}: files of v1 are gone");
+        assert!(
+            !env.current().join("only-v1").exists(),
+            "{mode}: files of v1 are gone"
+        );
         assert!(env.current().join("only-v2").exists(), "{mode}");
         let same_inode = fs::metadata(env.current()).expect("current").ino() == inode;
-        assert_eq!(same_inode, mode == "sync", "{mode}: sync keeps the directory, exchange swaps it");
+        assert_eq!(
+            same_inode,
+            mode == "sync",
+            "{mode}: sync keeps the directory, exchange swaps it"
+        );
 
         // Unchanged: nothing moves.
         run_mode(&env, mode, &["-f", "-r", &r]).expect_code(0);
         assert_eq!(current_version(&env), "v2", "{mode}");
         let status = run_mode(&env, mode, &["-r", &r, "status", "--json"]);
         let json: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
-        assert!(json["live"]["name"].as_str().is_some(), "{mode}: {}", status.dump());
+        assert!(
+            json["live"]["name"].as_str().is_some(),
+            "{mode}: {}",
+            status.dump()
+        );
         let hidden: Vec<_> = list(&env.releases_dir())
             .into_iter()
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
             .collect();
         assert!(hidden.is_empty(), "{mode}: leftovers {hidden:?}");
     }
@@ -75,10 +101,18 @@ fn every_mode_rolls_back_after_a_failing_post_hook() {
         let r = publish(&env, "v2");
         run_mode(&env, mode, &["-f", "-r", &r]).expect_code(4);
         assert_eq!(current_version(&env), "v1", "{mode}: v1 restored");
-        assert_eq!(read_lines(&log), vec!["0 v2 v1".to_string(), "1 v1 v2".to_string()], "{mode}: hooks saw the right trees");
+        assert_eq!(
+            read_lines(&log),
+            vec!["0 v2 v1".to_string(), "1 v1 v2".to_string()],
+            "{mode}: hooks saw the right trees"
+        );
         // In exchange mode the live release's files are `current` itself, not under releases/.
         let on_disk = if mode == "exchange" { 0 } else { 1 };
-        assert_eq!(env.releases().len(), on_disk, "{mode}: the failed release is removed");
+        assert_eq!(
+            env.releases().len(),
+            on_disk,
+            "{mode}: the failed release is removed"
+        );
     }
 }
 
@@ -89,7 +123,10 @@ fn every_mode_undoes_a_failed_first_deploy() {
         env.post_hook("10-no", "exit 1");
         let r = publish(&env, "v1");
         run_mode(&env, mode, &["-f", "-r", &r]).expect_code(4);
-        assert!(fs::symlink_metadata(env.current()).is_err(), "{mode}: current removed");
+        assert!(
+            fs::symlink_metadata(env.current()).is_err(),
+            "{mode}: current removed"
+        );
         assert!(env.releases().is_empty(), "{mode}");
     }
 }

@@ -42,7 +42,13 @@ const MALFORMED: &[(&str, &[&str])] = &[
     ("cache", &[]),
     (
         "schedule",
-        &["* *", "61 * * * *", "@sometimes", "* * * * * * * *", "*/0 * * * *"],
+        &[
+            "* *",
+            "61 * * * *",
+            "@sometimes",
+            "* * * * * * * *",
+            "*/0 * * * *",
+        ],
     ),
     ("id", &[]),
     ("pre-hooks", &[]),
@@ -59,10 +65,18 @@ const MALFORMED: &[(&str, &[&str])] = &[
         &["1", "0", "x", "-3", "2.5", "99999999999999999999999"],
     ),
     ("hook-timeout", SECONDS),
-    ("max-size", &["0", "lots", "10X", "99999999999T", "-5", "1.5G"]),
-    ("max-files", &["0", "x", "-1", "1.5", "99999999999999999999999"]),
+    (
+        "max-size",
+        &["0", "lots", "10X", "99999999999T", "-5", "1.5G"],
+    ),
+    (
+        "max-files",
+        &["0", "x", "-1", "1.5", "99999999999999999999999"],
+    ),
     ("connect-timeout", SECONDS),
     ("stall-timeout", SECONDS),
+    ("activate", &["copy", "symlink,sync", "hardlink"]),
+    ("reuse", &["yes", "symlink", "copy hardlink"]),
     (
         "listen",
         &["localhost:9469", "127.0.0.1", "127.0.0.1:99999", "[::1:80"],
@@ -71,10 +85,19 @@ const MALFORMED: &[(&str, &[&str])] = &[
     ("trigger-token", &["short", "has spaces in the token value"]),
     ("trigger-min-interval", SECONDS),
     ("splay", &["-1", "86401", "x", "NaN"]),
+    ("reuse", &["yes", "reflink", "copy,hardlink", "0"]),
 ];
 
 const SECONDS: &[&str] = &[
-    "0", "-1", "abc", "NaN", "inf", "1e-12", "5 minutes", "31536001", "0s",
+    "0",
+    "-1",
+    "abc",
+    "NaN",
+    "inf",
+    "1e-12",
+    "5 minutes",
+    "31536001",
+    "0s",
 ];
 
 /// A valid remote for the runs that test another key.
@@ -120,9 +143,15 @@ fn assert_refused(env: &Env, cmd: Cmd<'_>, what: &str, expect: &[&str]) -> Outpu
         "{what}: raw control characters in the message: {message:?}"
     );
     for e in expect {
-        assert!(message.contains(e), "{what}: the message lacks {e:?}: {message}");
+        assert!(
+            message.contains(e),
+            "{what}: the message lacks {e:?}: {message}"
+        );
     }
-    assert!(!env.deploy.exists(), "{what}: the deploy directory was created");
+    assert!(
+        !env.deploy.exists(),
+        "{what}: the deploy directory was created"
+    );
     assert_eq!(list(&env.root), before, "{what}: files appeared");
     out
 }
@@ -162,7 +191,10 @@ fn malformed_values_from_the_file_name_the_file_line_and_key() {
                     .iter()
                     .find(|(k, _)| k == key)
                     .is_some_and(|(_, aliases)| aliases.iter().any(|a| message.contains(a)));
-            assert!(named, "{what}: the message does not name `{key}`: {message}");
+            assert!(
+                named,
+                "{what}: the message does not name `{key}`: {message}"
+            );
         }
     }
 }
@@ -205,7 +237,10 @@ fn malformed_command_line_values_are_usage_errors() {
     }
     let out = assert_refused(
         &env,
-        env.cmd().arg("-f").arg("-r").arg(OsStr::from_bytes(b"/srv/\xff.zip")),
+        env.cmd()
+            .arg("-f")
+            .arg("-r")
+            .arg(OsStr::from_bytes(b"/srv/\xff.zip")),
         "a remote that is not UTF-8",
         &[],
     );
@@ -223,7 +258,11 @@ fn unrelated_environment_variables_that_are_not_utf8_are_ignored() {
         .env(OsStr::from_bytes(b"NAME_\xff"), "x")
         .run();
     out.expect_code(0);
-    assert!(out.stdout.contains("remote = /srv/app.zip"), "{}", out.dump());
+    assert!(
+        out.stdout.contains("remote = /srv/app.zip"),
+        "{}",
+        out.dump()
+    );
 }
 
 /// SplitMix64, as in tests/fuzz_unpack.rs.
@@ -270,8 +309,22 @@ fn garbage(rng: &mut Rng) -> Vec<u8> {
                 out.extend_from_slice(key.as_bytes());
                 out.extend_from_slice([&b" = "[..], b"=", b" =", b": "][rng.below(4)]);
                 let values: &[&[u8]] = &[
-                    b"", b"\"", b"''", b"0", b"-1", b"1e999", b"NaN", b"{id}", b"\xff", b"\xf0\x9f\x92",
-                    b"s3://", b"http://", b"@", b"*", b"\x7f", b"9999999999999999999999999",
+                    b"",
+                    b"\"",
+                    b"''",
+                    b"0",
+                    b"-1",
+                    b"1e999",
+                    b"NaN",
+                    b"{id}",
+                    b"\xff",
+                    b"\xf0\x9f\x92",
+                    b"s3://",
+                    b"http://",
+                    b"@",
+                    b"*",
+                    b"\x7f",
+                    b"9999999999999999999999999",
                 ];
                 for _ in 0..1 + rng.below(3) {
                     out.extend_from_slice(values[rng.below(values.len())]);
@@ -286,15 +339,26 @@ fn garbage(rng: &mut Rng) -> Vec<u8> {
 #[test]
 fn garbage_configuration_files_are_refused_with_a_short_message() {
     let env = Env::new();
-    let name = env.cfg.file_name().expect("name").to_string_lossy().into_owned();
+    let name = env
+        .cfg
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
     let mut rng = Rng(0xbad_c0f);
     let mut files: Vec<(String, Vec<u8>)> = (0..40)
         .map(|i| (format!("random file {i}"), garbage(&mut rng)))
         .collect();
     files.extend([
-        ("binary noise".into(), (0..4096).map(|_| rng.next() as u8).collect()),
+        (
+            "binary noise".into(),
+            (0..4096).map(|_| rng.next() as u8).collect(),
+        ),
         ("only NULs".into(), vec![0; 1000]),
-        ("invalid UTF-8 on line 3".into(), b"# ok\n\nremote = /srv/\xff.zip\n".to_vec()),
+        (
+            "invalid UTF-8 on line 3".into(),
+            b"# ok\n\nremote = /srv/\xff.zip\n".to_vec(),
+        ),
         ("a huge line".into(), vec![b'x'; 512 << 10]),
         (
             "a huge value".into(),
@@ -431,12 +495,19 @@ fn random_files_and_environments_never_panic_the_resolver() {
         let resolved = std::panic::catch_unwind(|| Settings::resolve_in(&cli, &env, dir.path()));
         let resolved = resolved.unwrap_or_else(|_| {
             let text = fs::read(&cfg).expect("read");
-            panic!("resolve_in panicked on {:?} with {env:?}", String::from_utf8_lossy(&text))
+            panic!(
+                "resolve_in panicked on {:?} with {env:?}",
+                String::from_utf8_lossy(&text)
+            )
         });
         if let Err(e) = &resolved {
             let message = e.to_string();
             assert!(!message.is_empty());
-            assert!(message.len() <= MAX_MESSAGE, "a {} byte message", message.len());
+            assert!(
+                message.len() <= MAX_MESSAGE,
+                "a {} byte message",
+                message.len()
+            );
         }
         *outcomes.entry(resolved.is_ok()).or_default() += 1;
     }

@@ -11,7 +11,10 @@ fn app(version: &str) -> Vec<Entry> {
 }
 
 fn live_version(env: &Env) -> String {
-    fs::read_to_string(env.live_release().join("version.txt")).expect("version.txt").trim().to_string()
+    fs::read_to_string(env.live_release().join("version.txt"))
+        .expect("version.txt")
+        .trim()
+        .to_string()
 }
 
 /// Publish `version` at the local ZIP remote of `env` and deploy it with -f.
@@ -35,21 +38,38 @@ fn status_and_releases_show_the_live_release_and_the_last_check() {
     out.expect_code(0);
     assert!(out.stdout.contains("deployed"), "{}", out.dump());
     assert!(out.stdout.contains("2 on disk"), "{}", out.dump());
-    assert!(out.stdout.contains(env.live_release().to_str().expect("utf8")), "{}", out.dump());
+    assert!(
+        out.stdout
+            .contains(env.live_release().to_str().expect("utf8")),
+        "{}",
+        out.dump()
+    );
 
     let out = env.run(&["-r", r, "status", "--json"]);
     out.expect_code(0);
     let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("status --json is JSON");
     assert_eq!(json["last_check"]["result"], "deployed");
-    assert_eq!(json["live"]["path"], env.live_release().to_str().expect("utf8"));
+    assert_eq!(
+        json["live"]["path"],
+        env.live_release().to_str().expect("utf8")
+    );
     assert!(json["pinned"].is_null());
 
     let out = env.run(&["-r", r, "releases"]);
     out.expect_code(0);
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{}", out.dump());
-    assert!(lines[0].starts_with("* "), "newest first, live marked: {}", out.dump());
-    let live_name = env.live_release().file_name().expect("name").to_string_lossy().into_owned();
+    assert!(
+        lines[0].starts_with("* "),
+        "newest first, live marked: {}",
+        out.dump()
+    );
+    let live_name = env
+        .live_release()
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
     assert!(lines[0].contains(&live_name), "{}", out.dump());
 }
 
@@ -64,8 +84,16 @@ fn status_records_a_failed_check_and_keeps_the_last_success() {
     let out = env.run(&["-r", r, "status", "--json"]);
     let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
     assert_eq!(json["last_check"]["result"], "failed", "{}", out.dump());
-    assert!(json["last_check"]["error"].as_str().is_some_and(|e| !e.is_empty()));
-    assert!(json["last_check"]["last_success"].as_str().is_some(), "{}", out.dump());
+    assert!(
+        json["last_check"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+    );
+    assert!(
+        json["last_check"]["last_success"].as_str().is_some(),
+        "{}",
+        out.dump()
+    );
 }
 
 #[test]
@@ -79,14 +107,24 @@ fn rollback_switches_back_runs_hooks_and_pins_until_the_remote_changes() {
     let r = remote.to_str().expect("utf8");
     let log = env.out("hooks.log");
     for (phase, hook) in [("pre", &env.pre), ("post", &env.post)] {
-        env.hook(hook, "10-log", &format!("echo \"{phase} $CURRENT_CONFIG $PREVIOUS_CONFIG $DEPLOY_ROLLBACK\" >> {}", log.display()));
+        env.hook(
+            hook,
+            "10-log",
+            &format!(
+                "echo \"{phase} $CURRENT_CONFIG $PREVIOUS_CONFIG $DEPLOY_ROLLBACK\" >> {}",
+                log.display()
+            ),
+        );
     }
 
     env.run(&["-r", r, "rollback"]).expect_code(0);
     assert_eq!(env.live_release(), v1);
     assert_eq!(
         read_lines(&log),
-        vec![format!("pre {} {} 0", v1.display(), v2.display()), format!("post {} {} 0", v1.display(), v2.display())]
+        vec![
+            format!("pre {} {} 0", v1.display(), v2.display()),
+            format!("post {} {} 0", v1.display(), v2.display())
+        ]
     );
     assert!(v2.is_dir(), "the release rolled back from stays on disk");
 
@@ -97,7 +135,11 @@ fn rollback_switches_back_runs_hooks_and_pins_until_the_remote_changes() {
     assert!(read_lines(&log).is_empty(), "no hook may run while pinned");
     let out = env.run(&["-r", r, "status", "--json"]);
     let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
-    assert!(json["pinned"]["release"].as_str().is_some(), "{}", out.dump());
+    assert!(
+        json["pinned"]["release"].as_str().is_some(),
+        "{}",
+        out.dump()
+    );
 
     // The remote moves on: the pin is lifted and v3 deploys.
     deploy(&env, &remote, "v3");
@@ -114,9 +156,14 @@ fn rollback_to_a_named_version() {
         deploy(&env, &remote, v);
     }
     let first = env.releases().into_iter().min().expect("a release");
-    let name = first.file_name().expect("name").to_string_lossy().into_owned();
+    let name = first
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
     let r = remote.to_str().expect("utf8");
-    env.run(&["-r", r, "rollback", "--to", &name]).expect_code(0);
+    env.run(&["-r", r, "rollback", "--to", &name])
+        .expect_code(0);
     assert_eq!(live_version(&env), "v1");
     let out = env.run(&["-r", r, "rollback", "--to", "no-such-version"]);
     out.expect_code(1);
@@ -134,7 +181,11 @@ fn rollback_blocked_by_a_pre_hook_changes_nothing() {
     let r = remote.to_str().expect("utf8");
     env.run(&["-r", r, "rollback"]).expect_code(3);
     assert_eq!(live_version(&env), "v2");
-    assert_eq!(env.releases().len(), 2, "no release is removed by a blocked rollback");
+    assert_eq!(
+        env.releases().len(),
+        2,
+        "no release is removed by a blocked rollback"
+    );
 }
 
 #[test]
@@ -170,15 +221,23 @@ fn rollback_while_a_daemon_runs_is_done_by_the_daemon() {
     let r = remote.to_str().expect("utf8");
     let mut daemon = env.cmd().args(["-r", r, "-s", "0 0 1 1 *"]).spawn();
     let status = env.deploy.join("status.json");
-    daemon.wait_for("the first check", || fs::read_to_string(&status).is_ok_and(|s| s.contains("unchanged")));
+    daemon.wait_for("the first check", || {
+        fs::read_to_string(&status).is_ok_and(|s| s.contains("unchanged"))
+    });
     let out = env.run(&["-r", r, "rollback"]);
     out.expect_code(0);
     assert_eq!(live_version(&env), "v1");
-    assert!(daemon.stderr().contains("SIGUSR2: rollback requested"), "{}", daemon.stderr());
+    assert!(
+        daemon.stderr().contains("SIGUSR2: rollback requested"),
+        "{}",
+        daemon.stderr()
+    );
     // The daemon keeps the pin: a check now leaves v1 live.
     fs::remove_file(&status).expect("clear status");
     daemon.signal(libc::SIGUSR1);
-    daemon.wait_for("a check after the rollback", || fs::read_to_string(&status).is_ok_and(|s| s.contains("unchanged")));
+    daemon.wait_for("a check after the rollback", || {
+        fs::read_to_string(&status).is_ok_and(|s| s.contains("unchanged"))
+    });
     assert_eq!(live_version(&env), "v1");
     assert!(daemon.is_running());
 }
@@ -190,7 +249,9 @@ fn rollback_refused_by_the_daemon_reports_its_exit_code() {
     deploy(&env, &remote, "v1");
     let r = remote.to_str().expect("utf8");
     let mut daemon = env.cmd().args(["-r", r, "-s", "0 0 1 1 *"]).spawn();
-    daemon.wait_for("the first check", || fs::read_to_string(env.deploy.join("status.json")).is_ok_and(|s| s.contains("unchanged")));
+    daemon.wait_for("the first check", || {
+        fs::read_to_string(env.deploy.join("status.json")).is_ok_and(|s| s.contains("unchanged"))
+    });
     let out = env.run(&["-r", r, "rollback"]);
     out.expect_code(1);
     assert!(out.stderr.contains("no other release"), "{}", out.dump());

@@ -163,8 +163,16 @@ fn every_git_remote_form_is_accepted() {
     ] {
         let out = env.run(&["-r", remote, "check-config"]);
         out.expect_code(0);
-        assert!(out.stdout.contains("remote = "), "{remote}:\n{}", out.dump());
-        assert!(!out.all().contains("t0kenX"), "{remote}: credentials shown:\n{}", out.dump());
+        assert!(
+            out.stdout.contains("remote = "),
+            "{remote}:\n{}",
+            out.dump()
+        );
+        assert!(
+            !out.all().contains("t0kenX"),
+            "{remote}: credentials shown:\n{}",
+            out.dump()
+        );
     }
 }
 

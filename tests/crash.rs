@@ -19,7 +19,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::origin::{Answer, Origin};
 use common::*;
@@ -101,11 +101,7 @@ fn kind_of(path: &Path) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let kind = name
-        .split(['-'])
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let kind = name.split(['-']).next().unwrap_or_default().to_string();
     if name.starts_with("download-") {
         "cache/download".into()
     } else {
@@ -133,7 +129,7 @@ fn phase(log: &str, requested: bool) -> &'static str {
 /// The agent with the test's flags, stderr to a file: unlike a pipe, it holds every line
 /// written before the kill as soon as the process is gone.
 fn agent(env: &Env, url: &str, log: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_repo-deploy"));
+    let mut c = Command::new(binary(env));
     c.arg("-c")
         .arg(&env.cfg)
         .arg("-d")
@@ -155,6 +151,107 @@ fn agent(env: &Env, url: &str, log: &Path) -> Command {
     c
 }
 
+/// The binary under test, hard-linked into the test directory on first use: a long run must
+/// not fail because a concurrent `cargo build` replaced `target/debug/repo-deploy`.
+fn binary(env: &Env) -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_repo-deploy"));
+    let pinned = env.root.join("repo-deploy");
+    if pinned.exists() || fs::hard_link(&built, &pinned).is_ok() {
+        pinned
+    } else {
+        built
+    }
+}
+
+/// A run that is not killed, timed from spawn to exit as closely as the kill delays are
+/// (the harness's `Cmd::run` polls, which would stretch the span past the update), with the
+/// moments its steps ended.
+fn complete_run(env: &Env, url: &str, origin: &Origin) -> (Output, Timeline) {
+    let log = env.out("complete.log");
+    let (started, wall) = (Instant::now(), SystemTime::now());
+    let requests = origin.request_times().len();
+    let mut child = agent(env, url, &log).spawn().expect("start repo-deploy");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if started.elapsed() > RUN_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("repo-deploy -f -r {url} did not finish within {RUN_TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_micros(200));
+    };
+    let elapsed = started.elapsed();
+    let stderr = fs::read_to_string(&log).unwrap_or_default();
+    let request = origin
+        .request_times()
+        .get(requests)
+        .map(|t| t.saturating_duration_since(started));
+    let timeline = Timeline::of(&stderr, wall, request, elapsed);
+    let out = Output {
+        what: format!("repo-deploy -v -f -r {url}"),
+        status,
+        stdout: String::new(),
+        stderr,
+        elapsed,
+    };
+    (out, timeline)
+}
+
+/// When the steps of a complete update ended, from its start.
+#[derive(Debug, Clone, Default)]
+struct Timeline {
+    /// The request reached the origin (HTTP only).
+    request: Option<Duration>,
+    fetched: Option<Duration>,
+    unpacked: Option<Duration>,
+    switched: Option<Duration>,
+    deployed: Option<Duration>,
+    end: Duration,
+}
+
+impl Timeline {
+    /// Read the moments off the `-v` log, whose lines start with an RFC 3339 time.
+    fn of(log: &str, wall: SystemTime, request: Option<Duration>, end: Duration) -> Timeline {
+        let at = |needle: &str| {
+            let line = log.lines().find(|l| l.contains(needle))?;
+            let stamp = chrono::DateTime::parse_from_rfc3339(line.split(' ').next()?).ok()?;
+            SystemTime::from(stamp).duration_since(wall).ok()
+        };
+        Timeline {
+            request,
+            fetched: at("new version"),
+            unpacked: at(" unpacked "),
+            switched: at(" switched "),
+            deployed: at(" deployed "),
+            end,
+        }
+    }
+
+    /// The phases as `(name, from, to)`, the names of [`phase`].
+    fn phases(&self) -> Vec<(&'static str, Duration, Duration)> {
+        let marks = [
+            ("1 start", Some(Duration::ZERO)),
+            ("2 download", self.request),
+            ("3 unpack+durable", self.fetched),
+            ("4 pre-hook+switch", self.unpacked),
+            ("5 post-hook", self.switched),
+            ("6 retention+exit", self.deployed),
+            ("end", Some(self.end)),
+        ];
+        let known: Vec<(&'static str, Duration)> = marks
+            .iter()
+            .filter_map(|(name, t)| t.map(|t| (*name, t)))
+            .collect();
+        known
+            .windows(2)
+            .filter(|w| w[1].1 > w[0].1)
+            .map(|w| (w[0].0, w[0].1, w[1].1))
+            .collect()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Stats {
     rounds: usize,
@@ -172,7 +269,7 @@ struct Stats {
     /// Kills that left at least one leftover.
     kills_with_leftovers: usize,
     max_releases: usize,
-    /// Median time of a complete update, by remote, at the end.
+    /// Median time of a complete update, by remote (the last 9).
     medians: BTreeMap<Kind, Duration>,
     elapsed: Duration,
 }
@@ -218,11 +315,58 @@ impl Stats {
     }
 }
 
-/// The median of the recent complete update times, which the kill delays span.
-fn span(samples: &[Duration]) -> Duration {
-    let mut recent: Vec<Duration> = samples.iter().rev().take(9).copied().collect();
+/// The median of the recent complete update times.
+fn median(timelines: &[Timeline]) -> Duration {
+    let mut recent: Vec<Duration> = timelines.iter().rev().take(9).map(|t| t.end).collect();
     recent.sort();
-    recent[recent.len() / 2].mul_f64(1.1)
+    recent[recent.len() / 2]
+}
+
+/// When to kill a run.
+#[derive(Debug, Clone, Copy)]
+struct Aim {
+    /// Wait for this first.
+    after: Marker,
+    /// Then wait this long.
+    delay: Duration,
+}
+
+/// An event of a run, seen from outside.
+#[derive(Debug, Clone, Copy)]
+enum Marker {
+    Spawn,
+    /// The request reached the origin.
+    Request,
+    /// The run's log holds this text.
+    Log(&'static str),
+}
+
+/// Half the time anywhere in the update: a delay from the spawn, uniform over the median
+/// length of a complete update (plus 5%). Half the time in a phase drawn uniformly: once the
+/// run's own log (or the origin) shows the phase began, a delay uniform over that phase's
+/// length in the latest complete update — so that short phases (the switch, retention) are
+/// hit too, not only the long ones, whatever the jitter of a process start.
+fn aim(rng: &mut impl Rng, timelines: &[Timeline]) -> Aim {
+    if rng.random_bool(0.5) {
+        return Aim {
+            after: Marker::Spawn,
+            delay: median(timelines).mul_f64(1.05 * rng.random::<f64>()),
+        };
+    }
+    let phases = timelines.last().expect("a timeline").phases();
+    let (name, from, to) = phases[rng.random_range(0..phases.len())];
+    let after = match name {
+        "2 download" => Marker::Request,
+        "3 unpack+durable" => Marker::Log("new version"),
+        "4 pre-hook+switch" => Marker::Log(" unpacked "),
+        "5 post-hook" => Marker::Log(" switched "),
+        "6 retention+exit" => Marker::Log(" deployed "),
+        _ => Marker::Spawn,
+    };
+    Aim {
+        after,
+        delay: (to - from).mul_f64(rng.random::<f64>()),
+    }
 }
 
 /// The three kinds of remote the rounds draw from: a loopback HTTP origin (slowed down a
@@ -265,7 +409,9 @@ impl Remotes {
     /// Offer version `n` on `kind` (no agent runs while this is done).
     fn publish(&self, kind: Kind, n: u32) {
         match kind {
-            Kind::Http => self.origin.publish(&format!("\"v{n}\""), zip_bytes(&app(n))),
+            Kind::Http => self
+                .origin
+                .publish(&format!("\"v{n}\""), zip_bytes(&app(n))),
             Kind::Zip => {
                 zip(&self.zip, &app(n));
             }
@@ -305,6 +451,21 @@ fn write_entries(root: &Path, entries: &[Entry]) {
     }
 }
 
+/// The processes that have `lock` open, for a failure message: `pid comm`.
+fn lock_holders(lock: &Path) -> Vec<String> {
+    let mut holders = Vec::new();
+    for proc in list(Path::new("/proc")) {
+        if list(&proc.join("fd"))
+            .iter()
+            .any(|fd| fs::read_link(fd).is_ok_and(|t| t == lock))
+        {
+            let comm = fs::read_to_string(proc.join("comm")).unwrap_or_default();
+            holders.push(format!("{} {}", proc.display(), comm.trim()));
+        }
+    }
+    holders
+}
+
 /// Kill `kills` runs; panic at the first broken invariant, naming the round, seed and delay.
 fn crash_rounds(kills: usize, seed: u64) -> Stats {
     let started = Instant::now();
@@ -329,16 +490,24 @@ fn crash_rounds(kills: usize, seed: u64) -> Stats {
     let remotes = Remotes::new(&env);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut stats = Stats::default();
-    let mut samples: BTreeMap<Kind, Vec<Duration>> = BTreeMap::new();
+    let mut timelines: BTreeMap<Kind, Vec<Timeline>> = BTreeMap::new();
 
     // Version 0, then two complete updates from each kind of remote to measure them.
     let mut n = 0u32;
-    for kind in [Kind::Http, Kind::Http, Kind::Http, Kind::Zip, Kind::Zip, Kind::Dir, Kind::Dir] {
+    for kind in [
+        Kind::Http,
+        Kind::Http,
+        Kind::Http,
+        Kind::Zip,
+        Kind::Zip,
+        Kind::Dir,
+        Kind::Dir,
+    ] {
         remotes.publish(kind, n);
-        let out = env.fetch(&remotes.url(kind));
+        let (out, timeline) = complete_run(&env, &remotes.url(kind), &remotes.origin);
         out.expect_code(0);
         if n > 0 {
-            samples.entry(kind).or_default().push(out.elapsed);
+            timelines.entry(kind).or_default().push(timeline);
         }
         n += 1;
     }
@@ -360,23 +529,43 @@ fn crash_rounds(kills: usize, seed: u64) -> Stats {
         remotes.publish(kind, n);
         let url = remotes.url(kind);
         let requests = remotes.origin.requests().len();
-        let delay = span(&samples[&kind]).mul_f64(rng.random::<f64>());
+        let aim = aim(&mut rng, &timelines[&kind]);
         let run_log = env.out("run.log");
         let mut child = agent(&env, &url, &run_log)
             .spawn()
             .expect("start repo-deploy");
-        thread::sleep(delay);
+        let reached = || match aim.after {
+            Marker::Spawn => true,
+            Marker::Request => remotes.origin.request_times().len() > requests,
+            Marker::Log(text) => fs::read_to_string(&run_log).is_ok_and(|l| l.contains(text)),
+        };
+        let watching = Instant::now();
+        while !reached() && watching.elapsed() < RUN_TIMEOUT {
+            if child.try_wait().expect("try_wait").is_some() {
+                break;
+            }
+            thread::sleep(Duration::from_micros(100));
+        }
+        thread::sleep(aim.delay);
         let _ = child.kill(); // SIGKILL; a no-op if it has exited (it is not reaped yet)
         let status = child.wait().expect("wait for repo-deploy");
         let text = fs::read_to_string(&run_log).unwrap_or_default();
         let ctx = format!(
-            "round {} (version {n} from {kind:?}, seed {seed:#x}, kill after {delay:?})",
+            "round {} (version {n} from {kind:?}, seed {seed:#x}, kill {aim:?})",
             stats.rounds
         );
         let killed = status.signal() == Some(libc::SIGKILL);
         let at = phase(&text, remotes.origin.requests().len() > requests);
         if killed {
             stats.kills += 1;
+            if kills > 200 && stats.kills % 250 == 0 {
+                eprintln!(
+                    "{} kills, {} rounds, {:.0}s",
+                    stats.kills,
+                    stats.rounds,
+                    started.elapsed().as_secs_f64()
+                );
+            }
             *stats.by_kind.entry(kind).or_default() += 1;
             *stats.by_phase.entry(at).or_default() += 1;
         } else {
@@ -389,14 +578,12 @@ fn crash_rounds(kills: usize, seed: u64) -> Stats {
         }
 
         // 1. current resolves to a complete release: the old version or the new one.
-        let fail = |what: String| -> ! {
-            panic!("{ctx}: {what}\n--- log of the killed run ---\n{text}")
-        };
+        let fail =
+            |what: String| -> ! { panic!("{ctx}: {what}\n--- log of the killed run ---\n{text}") };
         let live = env
             .live()
             .unwrap_or_else(|| fail("current is missing".into()));
-        let target =
-            fs::read_link(env.current()).unwrap_or_else(|e| fail(format!("current: {e}")));
+        let target = fs::read_link(env.current()).unwrap_or_else(|e| fail(format!("current: {e}")));
         if target.is_absolute() || live.parent() != Some(env.releases_dir().as_path()) {
             fail(format!(
                 "current -> {} is not a relative link into releases/",
@@ -424,13 +611,18 @@ fn crash_rounds(kills: usize, seed: u64) -> Stats {
         }
 
         // 2. The next run removes the leftovers and converges.
-        let out = env.fetch(&url);
+        let (out, timeline) = complete_run(&env, &url, &remotes.origin);
         if out.code() != Some(0) {
-            fail(format!("the next run failed\n{}", out.dump()));
+            fail(format!(
+                "the next run failed\n{}\nprocesses with {}/.lock open: {:?}",
+                out.dump(),
+                env.deploy.display(),
+                lock_holders(&env.deploy.join(".lock"))
+            ));
         }
         let deployed = out.stderr.contains(" deployed ");
         if deployed {
-            samples.entry(kind).or_default().push(out.elapsed);
+            timelines.entry(kind).or_default().push(timeline);
         }
         let now = env
             .live()
@@ -466,10 +658,7 @@ fn crash_rounds(kills: usize, seed: u64) -> Stats {
         }
     }
     stats.elapsed = started.elapsed();
-    stats.medians = samples
-        .iter()
-        .map(|(k, v)| (*k, span(v).div_f64(1.1)))
-        .collect();
+    stats.medians = timelines.iter().map(|(k, v)| (*k, median(v))).collect();
     stats
 }
 

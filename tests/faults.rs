@@ -21,7 +21,9 @@ use rand::{Rng, SeedableRng};
 /// A release whose `data.bin` is incompressible, so corrupting a byte of it is a corruption
 /// of the file's bytes whatever the compressor did.
 fn app(version: &str) -> Vec<Entry> {
-    let seed = version.bytes().fold(7919u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let seed = version.bytes().fold(7919u64, |h, b| {
+        h.wrapping_mul(31).wrapping_add(u64::from(b))
+    });
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut noise = vec![0u8; 48 * 1024];
     rng.fill(&mut noise[..]);
@@ -83,7 +85,6 @@ impl World {
     #[track_caller]
     fn fails(&self, expect: &[&str]) -> Output {
         let out = self.env.fetch(&self.url);
-        eprintln!("FAULT-OUTPUT {}", out.stderr.trim());
         out.expect_code(1);
         let err = out.stderr.to_lowercase();
         for e in expect {
@@ -432,30 +433,96 @@ fn have_openssl() -> bool {
 /// A test CA, a server certificate it signed for 127.0.0.1, another for a different host,
 /// and a self-signed one for 127.0.0.1; in `dir`.
 fn make_certificates(dir: &Path) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let ca = [&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=repo-deploy test CA"]].concat();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let ca = [
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=repo-deploy test CA",
+        ],
+    ]
+    .concat();
     openssl(dir, &ca);
-    for (name, san) in [("good", "IP:127.0.0.1"), ("wronghost", "DNS:wrong-host.invalid")] {
+    for (name, san) in [
+        ("good", "IP:127.0.0.1"),
+        ("wronghost", "DNS:wrong-host.invalid"),
+    ] {
         fs::write(
             dir.join(format!("{name}.ext")),
             format!("subjectAltName={san}\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n"),
         )
         .expect("write extensions");
-        let (key, csr, pem, ext) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
-        let request = [&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", "/CN=repo-deploy test server"]].concat();
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let request = [
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                "/CN=repo-deploy test server",
+            ],
+        ]
+        .concat();
         openssl(dir, &request);
         openssl(
             dir,
             &[
-                "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-out", &pem,
-                "-extfile", &ext,
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &pem,
+                "-extfile",
+                &ext,
             ],
         );
     }
     let selfsigned = [
         &["req", "-x509"][..],
         &ec,
-        &["-keyout", "self.key", "-out", "self.pem", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"],
+        &[
+            "-keyout",
+            "self.key",
+            "-out",
+            "self.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ],
     ]
     .concat();
     openssl(dir, &selfsigned);
@@ -481,7 +548,6 @@ fn tls_certificates_that_do_not_verify_are_refused() {
     let v1 = env.live_release();
     let releases = env.releases();
     let unchanged = |out: &Output, what: &str| {
-        eprintln!("FAULT-OUTPUT {}", out.stderr.trim());
         out.expect_code(1);
         let err = out.stderr.to_lowercase();
         assert!(

@@ -379,7 +379,9 @@ fn an_unreachable_remote_fails_with_exit_1_and_leaves_current_alone() {
     let out = world.run(&remote);
     out.expect_code(1);
     assert!(
-        out.stderr.contains(&format!("cannot reach {remote}")),
+        out.stderr.contains(&format!(
+            "cannot look up the default branch (HEAD) of {remote}"
+        )),
         "{}",
         out.stderr
     );
@@ -416,6 +418,11 @@ fn credentials_in_an_http_url_work_and_never_show() {
     ));
     wrong.expect_code(1);
     assert!(!wrong.stderr.contains("wrong-password"), "{}", wrong.stderr);
+    assert!(
+        wrong.stderr.contains("Authentication failed"),
+        "git's reason is shown: {}",
+        wrong.stderr
+    );
     assert!(!world.current().exists());
 
     // The remote comes from the configuration file, as in production: the agent's own
@@ -531,5 +538,76 @@ fn a_remote_that_never_answers_times_out_and_leaves_current_alone() {
         "took {:?}",
         out.elapsed
     );
+    assert!(!world.current().exists());
+}
+
+#[test]
+fn a_symlink_leaving_the_release_is_refused_as_in_a_zip() {
+    let world = World::new();
+    let origin = world.root.join("origin");
+    let repos = Repos::new(&world, &origin);
+    let remote = format!("file://{}/app.git/site", origin.display());
+    world.run(&remote).expect_code(0);
+    let live = world.live();
+    world.take_log();
+
+    std::os::unix::fs::symlink(
+        "../../../etc/passwd",
+        repos.clone_dir("app").join("site/evil"),
+    )
+    .expect("symlink");
+    repos.commit(&[], "an escaping symlink");
+    let out = world.run(&remote);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("\"evil\": symlink target"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(world.live(), live);
+    assert!(world.take_log().is_empty(), "no hook ran");
+    assert!(
+        world.releases().iter().all(|r| !r.starts_with('.')),
+        "no staging left: {:?}",
+        world.releases()
+    );
+}
+
+#[test]
+fn sigterm_during_a_fetch_kills_git_and_leaves_current_alone() {
+    let world = World::new();
+    // Accepts connections and never says a word: git waits until it is stopped.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let remote = format!("git://127.0.0.1:{port}/app.git");
+    let child = world.spawn_args(&["-f", "-v", "-r", &remote]);
+    let git_runs = || {
+        fs::read_dir("/proc").expect("proc").flatten().any(|p| {
+            fs::read(p.path().join("cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                c.contains(" ls-remote ") && c.contains(&remote)
+            })
+        })
+    };
+    assert!(
+        git_support::eventually(Duration::from_secs(20), git_runs),
+        "git ls-remote started"
+    );
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = world.finish(child);
+    out.expect_code(1);
+    assert!(
+        out.elapsed < Duration::from_secs(20),
+        "stopped promptly: {:?}",
+        out.elapsed
+    );
+    assert!(!git_runs(), "git was killed with the check");
     assert!(!world.current().exists());
 }

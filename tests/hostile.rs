@@ -181,7 +181,10 @@ fn assert_refused(world: &World, url: &str, case: &HostileCase, via: &str) {
         .find(|l| l.contains("cannot unpack"))
         .unwrap_or_else(|| panic!("{what}: no `cannot unpack` error\n{}", out.dump()));
     // Shown with `--nocapture`: the corpus's messages, for review.
-    eprintln!("{what}: {}", error.split_once("ERROR ").map_or(error, |(_, e)| e));
+    eprintln!(
+        "{what}: {}",
+        error.split_once("ERROR ").map_or(error, |(_, e)| e)
+    );
     for expected in &case.expect {
         assert!(
             error.contains(expected.as_str()),
@@ -328,7 +331,9 @@ fn hostile_archives_over_http_are_refused() {
     let downloads = nginx
         .access_log()
         .iter()
-        .filter(|a| a.status == 200)
+        // 206: with a live release the check asks for the ZIP's tail (incremental updates),
+        // which for archives this small is the whole file.
+        .filter(|a| matches!(a.status, 200 | 206))
         .count();
     assert_eq!(downloads, 1 + cases.len(), "each archive was downloaded");
 }

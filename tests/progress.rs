@@ -9,7 +9,9 @@ use common::*;
 
 fn big_zip(nginx: &Nginx) -> String {
     // Incompressible, so the download takes long enough to draw at least once.
-    let data: Vec<u8> = (0..4_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..4_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     zip(&nginx.www.join("app.zip"), &[file("data.bin", data, 0o644)]);
     nginx.url("/app.zip")
 }
@@ -36,9 +38,20 @@ fn a_terminal_gets_a_download_bar_and_a_pipe_does_not() {
         .expect("script(1) from util-linux runs the agent on a pseudo-terminal");
     let shown = String::from_utf8_lossy(&tty.stdout);
     assert!(tty.status.success(), "{shown}");
-    assert!(shown.contains("download") && shown.contains("MiB"), "no bar on a terminal: {shown}");
+    assert!(
+        shown.contains("download") && shown.contains("MiB"),
+        "no bar on a terminal: {shown}"
+    );
 
-    let piped = env.cmd().deploy_dir(env.root.join("pipe")).args(["-f", "-r", &url]).run();
+    let piped = env
+        .cmd()
+        .deploy_dir(env.root.join("pipe"))
+        .args(["-f", "-r", &url])
+        .run();
     piped.expect_code(0);
-    assert!(!piped.stderr.contains("download ["), "a bar on a pipe: {}", piped.dump());
+    assert!(
+        !piped.stderr.contains("download ["),
+        "a bar on a pipe: {}",
+        piped.dump()
+    );
 }

@@ -161,3 +161,97 @@ fn current_is_never_missing_during_switches() {
     );
     assert_eq!(live_version(&env), "v6\n");
 }
+
+/// A post-update hook that kills the agent (its parent) with SIGKILL the first time it runs
+/// for `version`, and records every later run in `out/post`.
+fn post_hook_that_kills_the_agent_once(env: &Env, version: &str, then_exit: i32) {
+    let flag = env.out("killed");
+    let body = format!(
+        "v=$(cat \"$CURRENT_CONFIG/version.txt\")\n\
+         if [ \"$v\" = {version} ] && [ ! -e {flag} ]; then touch {flag}; kill -9 $PPID; sleep 5; fi\n\
+         echo \"$v rollback=$DEPLOY_ROLLBACK previous=$PREVIOUS_CONFIG\" >> {out}\n\
+         [ \"$v\" = {version} ] && exit {then_exit}\n\
+         exit 0\n",
+        flag = flag.display(),
+        out = env.out("post").display(),
+    );
+    env.post_hook("10-record", &body);
+}
+
+#[test]
+fn post_update_hooks_cut_short_by_a_crash_run_again_at_the_next_start() {
+    let env = Env::new();
+    let path = env.root.join("app.zip");
+    let remote = path.to_str().expect("utf8");
+    zip(&path, &app("v1"));
+    env.fetch(remote).expect_code(0);
+    let v1 = env.live_release();
+    env.clear_out("post");
+    post_hook_that_kills_the_agent_once(&env, "v2", 0);
+
+    zip(&path, &app("v2"));
+    let killed = env.fetch(remote);
+    assert_eq!(
+        killed.code(),
+        None,
+        "the hook killed the agent: {}",
+        killed.dump()
+    );
+    assert_eq!(
+        live_version(&env),
+        "v2\n",
+        "the switch happened before the kill"
+    );
+    assert!(env.out_lines("post").is_empty(), "the hooks never finished");
+
+    let next = env.fetch(remote);
+    next.expect_code(0);
+    assert!(
+        next.stderr.contains("running them again"),
+        "{}",
+        next.dump()
+    );
+    assert_eq!(
+        env.out_lines("post"),
+        vec![format!("v2 rollback=0 previous={}", v1.display())],
+        "the post-update hooks of v2 ran once more, with v1 as the previous release"
+    );
+    assert_eq!(live_version(&env), "v2\n");
+    assert!(!env.deploy.join("post-hooks.json").exists());
+
+    // Done now: a third run neither re-runs the hooks nor deploys.
+    env.fetch(remote).expect_code(0);
+    assert_eq!(
+        env.out_lines("post").len(),
+        1,
+        "the hooks ran again: {:?}",
+        env.out_lines("post")
+    );
+    env.assert_clean();
+}
+
+#[test]
+fn a_resumed_post_update_hook_that_fails_rolls_back() {
+    let env = Env::new();
+    let path = env.root.join("app.zip");
+    let remote = path.to_str().expect("utf8");
+    zip(&path, &app("v1"));
+    env.fetch(remote).expect_code(0);
+    let v1 = env.live_release();
+    env.clear_out("post");
+    post_hook_that_kills_the_agent_once(&env, "v2", 1);
+
+    zip(&path, &app("v2"));
+    assert_eq!(env.fetch(remote).code(), None);
+    assert_eq!(live_version(&env), "v2\n");
+
+    let next = env.fetch(remote);
+    next.expect_code(4);
+    assert_eq!(env.live_release(), v1, "v1 is live again: {}", next.dump());
+    let runs = env.out_lines("post");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs[0].starts_with("v2 rollback=0"), "{runs:?}");
+    assert!(runs[1].starts_with("v1 rollback=1"), "{runs:?}");
+    assert!(!env.deploy.join("post-hooks.json").exists());
+    env.assert_clean();
+}

@@ -2,7 +2,8 @@
 # Build the Debian package: generate the man pages and shell completions from the CLI
 # definition (examples/gen-assets.rs, into target/assets), then `cargo deb`, which builds the
 # release binary and packages everything [package.metadata.deb] in Cargo.toml lists.
-# Extra arguments go to `cargo deb` (e.g. --fast). Prints the path of the .deb last.
+# Extra arguments go to `cargo deb` (e.g. --fast). Prints the paths of the .deb and of the
+# -dbgsym.ddeb (the debug symbols) last.
 # Needs cargo-deb: cargo install cargo-deb --locked
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -16,7 +16,7 @@ while IFS='=' read -r name _; do unset "$name"; done < <(env | grep '^REPO_DEPLO
 
 echo "--- build the package"
 started=$SECONDS
-deb=$(contrib/deb/build-package.sh --fast | tail -n 1)
+deb=$(contrib/deb/build-package.sh --fast | grep '\.deb$' | tail -n 1)
 [[ -f $deb ]] || fail "cargo deb did not print a .deb path (got '$deb')"
 echo "built $deb in $((SECONDS - started))s"
 

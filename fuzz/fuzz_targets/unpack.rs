@@ -55,7 +55,11 @@ fn check_links(dest: &Path, dir: &Path) {
         } else {
             use std::os::unix::fs::MetadataExt;
             assert!(meta.is_file(), "{path:?} is a special file");
-            assert_eq!(meta.mode() & 0o7000, 0, "{path:?} keeps setuid/setgid/sticky");
+            assert_eq!(
+                meta.mode() & 0o7000,
+                0,
+                "{path:?} keeps setuid/setgid/sticky"
+            );
         }
     }
 }

@@ -6,12 +6,13 @@
 //! `known_hosts`, `url.*.insteadOf` and credential helpers, and speaks every URL form, protocol
 //! v2, shallow fetches and submodules the way the rest of the user's tooling does.
 //!
-//! A check is one `git ls-remote` (no objects move). Only when the commit differs from the
-//! live one is it fetched (`--depth 1`) into a bare repository in the cache; the tree id of
-//! `/path` then stands for the content (the artifact's `sha256`), so the cycle sees a commit
-//! that changes nothing under `/path` as "same content": no release, no hook. The tree is
-//! written straight into the staging directory from a temporary index (`read-tree` +
-//! `checkout-index`), then validated by the unpacking rules (`unpack::check_tree`).
+//! A check is one `git ls-remote` (protocol v0: one round trip, no objects move). Only when
+//! the commit differs from the live one is it fetched (`--depth 1`) into a bare repository in
+//! the cache; the tree id of `/path` then stands for the content (the artifact's `sha256`), so
+//! the cycle sees a commit that changes nothing under `/path` as "same content": no release, no
+//! hook. The tree is written straight into the staging directory from a temporary index
+//! (`read-tree` + `checkout-index`), then validated by the unpacking rules
+//! (`unpack::check_tree`).
 //!
 //! Cache invariants: `${cache}/git/<key>.git`, one bare repository per URL and ref (submodules
 //! in its `modules/`), belongs to this deploy directory, whose lock we hold. So a `*.lock` found
@@ -267,7 +268,7 @@ impl GitSource {
             .endpoint(&self.endpoint)
             .run(cancel)
             .await
-            .with_context(|| format!("cannot reach {} to look up {}", self.shown, self.wanted()))?;
+            .with_context(|| format!("cannot look up {} of {}", self.wanted(), self.shown))?;
         let listing = String::from_utf8_lossy(&out);
         pick_ref(&listing, &candidates).ok_or_else(|| match &self.reference {
             Some(r) => anyhow!("{}: no branch or tag named `{r}` on the remote", self.shown),
@@ -298,6 +299,14 @@ impl GitSource {
                         entry.path().display()
                     );
                     remove_dir(&entry.path())?;
+                }
+            }
+            // Half-made submodule caches of a crashed run (see `ensure_repo`).
+            if let Ok(modules) = fs::read_dir(dir.join(MODULES_DIR)) {
+                for entry in modules.flatten() {
+                    if entry.file_name().as_encoded_bytes().starts_with(b".") {
+                        remove_dir(&entry.path())?;
+                    }
                 }
             }
             match find_lock(&dir) {
@@ -495,32 +504,55 @@ impl GitSource {
         Ok(parts)
     }
 
-    /// `.gitmodules` of an item's commit (at the commit's root, even when `/path` is deeper).
+    /// `.gitmodules` of an item's commit (at the commit's root, even when `/path` is deeper:
+    /// outside what the tree listing checked, so its object is checked here).
     async fn modules(
         &self,
         item: &Item,
         cancel: &CancellationToken,
     ) -> Result<HashMap<String, Module>, Failure> {
+        let args = ["ls-tree", "-l", "-z", &item.commit, "--", ".gitmodules"]
+            .map(OsString::from)
+            .to_vec();
+        let out = Git {
+            args,
+            ..Git::new("ls-tree", Some(&item.git_dir))
+        }
+        .run(cancel)
+        .await
+        .map_err(broken(&item.git_dir))?;
+        match parse_ls_tree(&out).first() {
+            None => {
+                return Err(anyhow!(
+                    "commit {} of {} has submodules but no .gitmodules",
+                    item.commit,
+                    self.shown
+                )
+                .into());
+            }
+            Some(e) if e.size.is_none() => {
+                let e = anyhow!("object {} (`.gitmodules`) is missing or corrupt", e.id);
+                return Err(Failure::Broken(item.git_dir.clone(), e));
+            }
+            Some(_) => {}
+        }
         let blob = format!("{}:.gitmodules", item.commit);
         let args = ["config", "-z", "--blob", &blob, "--list"]
             .map(OsString::from)
             .to_vec();
-        match (Git {
+        let out = Git {
             args,
             ..Git::new("config", Some(&item.git_dir))
-        })
+        }
         .run(cancel)
         .await
-        {
-            Ok(out) => Ok(parse_gitmodules(&out)),
-            Err(GitError::Cancelled) => Err(anyhow!(GitError::Cancelled).into()),
-            Err(e) => Err(anyhow!(e)
-                .context(format!(
-                    "commit {} of {} has submodules but no readable .gitmodules",
-                    item.commit, self.shown
-                ))
-                .into()),
-        }
+        .with_context(|| {
+            format!(
+                "cannot read .gitmodules of commit {} of {}",
+                item.commit, self.shown
+            )
+        })?;
+        Ok(parse_gitmodules(&out))
     }
 
     /// Make the commit a gitlink pins available in the submodule's own cache repository, and
@@ -1682,7 +1714,9 @@ mod tests {
                 let mut cmd = git.command();
                 cmd.stdin(Stdio::piped())
                     .env("GIT_CONFIG_NOSYSTEM", "1")
-                    .env("HOME", "/nonexistent");
+                    .env("HOME", "/nonexistent")
+                    .env_remove("GIT_ASKPASS")
+                    .env_remove("SSH_ASKPASS");
                 let mut child = cmd.spawn().expect("spawn git credential");
                 let mut stdin = child.stdin.take().expect("stdin");
                 tokio::io::AsyncWriteExt::write_all(

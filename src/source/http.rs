@@ -3,18 +3,24 @@
 //! on the way. rustls with the platform's certificate store; redirects are bounded; Basic auth
 //! comes from the URL and is never printed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_LENGTH, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
+use reqwest::header::{
+    CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+    RANGE,
+};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use super::ranges::{self, RangeRead, Tail};
 use super::{Artifact, CacheFile, Content, Fetched};
 use crate::config::Settings;
+use crate::incremental::Base;
 use crate::state::Stamp;
 
 #[derive(Debug)]
@@ -31,7 +37,10 @@ pub struct HttpSource {
 
 /// The version id of an ETag: without `W/` and quotes.
 pub fn etag_version(etag: &str) -> String {
-    etag.trim().trim_start_matches("W/").trim_matches('"').to_string()
+    etag.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .to_string()
 }
 
 impl HttpSource {
@@ -40,7 +49,12 @@ impl HttpSource {
         let user = if url.username().is_empty() && url.password().is_none() {
             None
         } else {
-            let decode = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default();
+            let decode = |s: &str| {
+                url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            };
             Some((decode(url.username()), url.password().map(decode)))
         };
         let _ = bare.set_username("");
@@ -62,7 +76,23 @@ impl HttpSource {
         })
     }
 
-    pub async fn fetch(&self, known: Option<&Stamp>, cancel: &CancellationToken) -> Result<Fetched> {
+    pub async fn fetch(
+        &self,
+        known: Option<&Stamp>,
+        cancel: &CancellationToken,
+    ) -> Result<Fetched> {
+        self.fetch_with(known, None, cancel).await
+    }
+
+    /// [`HttpSource::fetch`]; with `base` (the live release of an incremental update) the
+    /// conditional GET asks for the ZIP's tail only: `206` continues in `ranges.rs`, `200` (a
+    /// server without ranges) is a full download on the same request.
+    pub async fn fetch_with(
+        &self,
+        known: Option<&Stamp>,
+        base: Option<&Arc<Base>>,
+        cancel: &CancellationToken,
+    ) -> Result<Fetched> {
         let mut req = self.client.get(self.url.clone());
         if let Some((user, pass)) = &self.user {
             req = req.basic_auth(user, pass.as_ref());
@@ -73,6 +103,9 @@ impl HttpSource {
             } else if let Some(lm) = &stamp.last_modified {
                 req = req.header(IF_MODIFIED_SINCE, lm);
             }
+        }
+        if let Some(base) = base {
+            req = req.header(RANGE, format!("bytes=-{}", ranges::tail_request(base)));
         }
         let shown = &self.shown;
         let mut resp = tokio::select! {
@@ -86,15 +119,33 @@ impl HttpSource {
             }
             bail!("{shown} answered 304 Not Modified to an unconditional request");
         }
+        if let (StatusCode::PARTIAL_CONTENT | StatusCode::RANGE_NOT_SATISFIABLE, Some(base)) =
+            (status, base)
+        {
+            if let Some(tail) = self.tail(resp, cancel).await?
+                && let Some(artifact) =
+                    ranges::assemble(self, tail, base, &self.cache, shown, cancel).await?
+            {
+                return Ok(Fetched::New(artifact));
+            }
+            return Box::pin(self.fetch_with(known, None, cancel)).await;
+        }
         if !status.is_success() {
             let hint = match status {
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ": check the credentials in the remote URL",
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    ": check the credentials in the remote URL"
+                }
                 StatusCode::NOT_FOUND => ": check the remote URL (and `{id}`)",
                 _ => "",
             };
             bail!("{shown} answered {status}{hint}");
         }
-        let header = |name| resp.headers().get(name).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok()).map(str::to_string);
+        let header = |name| {
+            resp.headers()
+                .get(name)
+                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
         let etag = header(ETAG);
         let last_modified = header(LAST_MODIFIED);
         let expected: Option<u64> = header(CONTENT_LENGTH).and_then(|v| v.parse().ok());
@@ -123,34 +174,149 @@ impl HttpSource {
                 bail!("download of {shown} is longer than its Content-Length ({n} bytes)");
             }
             hasher.update(&chunk);
-            file.write_all(&chunk).await.with_context(|| format!("cannot write {}", download.path().display()))?;
+            file.write_all(&chunk)
+                .await
+                .with_context(|| format!("cannot write {}", download.path().display()))?;
         }
         if let Some(n) = expected
             && received != n
         {
             bail!("download of {shown} is truncated: {received} of {n} bytes (Content-Length)");
         }
-        file.flush().await.with_context(|| format!("cannot write {}", download.path().display()))?;
+        file.flush()
+            .await
+            .with_context(|| format!("cannot write {}", download.path().display()))?;
         drop(file);
         let sha256 = hex::encode(hasher.finalize());
-        let version = etag.as_deref().map(etag_version).filter(|v| !v.is_empty()).unwrap_or_else(|| sha256.clone());
+        let version = etag
+            .as_deref()
+            .map(etag_version)
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| sha256.clone());
         tracing::debug!("downloaded {received} bytes from {shown}");
         Ok(Fetched::New(Artifact {
             content: Content::Zip(download.path().to_path_buf()),
-            stamp: Stamp { version, etag, last_modified, local: None },
+            stamp: Stamp {
+                version,
+                etag,
+                last_modified,
+                local: None,
+            },
             sha256,
             _download: Some(download),
         }))
+    }
+
+    /// The tail of the ZIP from a `206` answer to the first request; `None` when the answer is
+    /// not one a ranged update can use.
+    async fn tail(
+        &self,
+        mut resp: reqwest::Response,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Tail>> {
+        let header = |name| {
+            resp.headers()
+                .get(name)
+                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (etag, last_modified) = (header(ETAG), header(LAST_MODIFIED));
+        let Some((start, end, total)) = header(CONTENT_RANGE)
+            .as_deref()
+            .and_then(ranges::parse_content_range)
+        else {
+            return Ok(None);
+        };
+        if resp.status() != StatusCode::PARTIAL_CONTENT || end != total {
+            return Ok(None);
+        }
+        let bytes = self.body(&mut resp, end - start, cancel).await?;
+        Ok(Some(Tail {
+            start,
+            total,
+            bytes,
+            etag,
+            last_modified,
+        }))
+    }
+
+    /// The body of a ranged answer, which must be exactly `len` bytes.
+    async fn body(
+        &self,
+        resp: &mut reqwest::Response,
+        len: u64,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<u8>> {
+        let shown = &self.shown;
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0).min(64 << 20));
+        loop {
+            let chunk = tokio::select! {
+                c = tokio::time::timeout(self.stall, resp.chunk()) => match c {
+                    Err(_) => bail!("download of {shown} stalled: nothing received for {}s (stall-timeout)", self.stall.as_secs()),
+                    Ok(c) => c.map_err(|e| anyhow!("download of {shown} failed: {}{}", describe(&e), self.stall_hint(&e)))?,
+                },
+                () = cancel.cancelled() => bail!("interrupted while downloading {shown}"),
+            };
+            let Some(chunk) = chunk else { break };
+            if bytes.len() as u64 + chunk.len() as u64 > len {
+                bail!("{shown} sent more than the {len} bytes of the range it announced");
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if bytes.len() as u64 != len {
+            bail!(
+                "{shown} sent {} of the {len} bytes of the range it announced",
+                bytes.len()
+            );
+        }
+        Ok(bytes)
     }
 
     /// reqwest's read timeout is `stall-timeout` and usually fires before our own timer:
     /// name the setting, so the operator knows which knob to turn.
     fn stall_hint(&self, e: &reqwest::Error) -> String {
         if e.is_timeout() && !e.is_connect() {
-            format!(" (stalled: nothing received for {}s, stall-timeout)", self.stall.as_secs())
+            format!(
+                " (stalled: nothing received for {}s, stall-timeout)",
+                self.stall.as_secs()
+            )
         } else {
             String::new()
         }
+    }
+}
+
+impl RangeRead for HttpSource {
+    async fn get_range(&self, start: u64, end: u64, etag: &str) -> Result<Vec<u8>> {
+        let shown = &self.shown;
+        let mut req = self
+            .client
+            .get(self.url.clone())
+            .header(RANGE, format!("bytes={start}-{}", end - 1))
+            .header(IF_MATCH, etag);
+        if let Some((user, pass)) = &self.user {
+            req = req.basic_auth(user, pass.as_ref());
+        }
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach {shown}: {}", describe(&e)))?;
+        let range = resp
+            .headers()
+            .get(CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(ranges::parse_content_range);
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT
+                if range.is_some_and(|(a, b, _)| (a, b) == (start, end)) => {}
+            StatusCode::PRECONDITION_FAILED => bail!("{shown} changed during the update"),
+            status => bail!(
+                "{shown} answered {status} to a request for bytes {start}-{}",
+                end - 1
+            ),
+        }
+        self.body(&mut resp, end - start, &CancellationToken::new())
+            .await
     }
 }
 

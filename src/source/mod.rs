@@ -8,16 +8,19 @@
 mod file;
 mod git;
 mod http;
+pub mod ranges;
 pub mod s3;
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::incremental::{Base, Manifest, ReuseMode};
 use crate::remote::Remote;
 use crate::state::Stamp;
 use crate::unpack::{self, Limits, Summary, UnpackError};
@@ -50,17 +53,73 @@ pub enum Content {
     Dir(PathBuf),
     /// Trees in the git cache, written out by `git checkout-index`.
     Git(git::Checkout),
+    /// A ZIP of which only the entries the live release cannot supply were downloaded
+    /// (`ranges.rs`); it unpacks only with that release as its base.
+    Partial(Box<ranges::PartialZip>),
 }
 
 impl Artifact {
     /// Write the content into `dest` (an empty staging directory), by the unpacking rules.
     /// Blocking: run it on a blocking thread.
-    pub fn extract_into(&self, dest: &Path, limits: &Limits, cancel: &CancellationToken) -> Result<Summary, UnpackError> {
+    pub fn extract_into(
+        &self,
+        dest: &Path,
+        limits: &Limits,
+        cancel: &CancellationToken,
+    ) -> Result<Summary, UnpackError> {
         match &self.content {
             Content::Zip(zip) => unpack::unpack_zip(zip, dest, limits, cancel),
             Content::Dir(tree) => unpack::copy_tree(tree, dest, limits, cancel),
             Content::Git(checkout) => checkout.write_into(dest, limits, cancel),
+            Content::Partial(_) => self
+                .extract_reusing(dest, limits, cancel, ReuseMode::Off, None)
+                .map(|(summary, _)| summary),
         }
+    }
+
+    /// [`Artifact::extract_into`], taking the files that did not change from `base` (the live
+    /// release) when the content is a ZIP, and returning the new release's manifest unless
+    /// `reuse` is off (see `incremental.rs`).
+    pub fn extract_reusing(
+        &self,
+        dest: &Path,
+        limits: &Limits,
+        cancel: &CancellationToken,
+        reuse: ReuseMode,
+        base: Option<&Base>,
+    ) -> Result<(Summary, Option<Manifest>), UnpackError> {
+        let (zip, absent) = match &self.content {
+            Content::Zip(zip) => (unpack::OpenZip::open(zip)?, None),
+            Content::Partial(partial) => (partial.open.clone(), Some(partial.absent.as_slice())),
+            _ => {
+                return self
+                    .extract_into(dest, limits, cancel)
+                    .map(|summary| (summary, None));
+            }
+        };
+        let path = zip.path().to_path_buf();
+        if absent.is_some() && base.is_none() {
+            let source = io::Error::other(
+                "a partial download unpacks only against the live release it was planned for",
+            );
+            return Err(UnpackError::Open { path, source });
+        }
+        let reuser = base.map(|b| b.reuser(absent));
+        let reuser = reuser.as_ref().map(|r| r as &dyn unpack::Reuse);
+        let unpacked = unpack::unpack_open_zip(zip, dest, limits, cancel, reuser)?;
+        let zip = &path;
+        let summary = unpacked.summary;
+        let manifest = (reuse != ReuseMode::Off)
+            .then(|| Manifest::of(zip, unpacked))
+            .transpose()
+            .inspect_err(|e| {
+                tracing::warn!(
+                    "no manifest for this release (the next update unpacks everything): {e}"
+                )
+            })
+            .ok()
+            .flatten();
+        Ok((summary, manifest))
     }
 }
 
@@ -78,19 +137,40 @@ impl Source {
     pub async fn new(settings: &Settings) -> Result<Source> {
         match &settings.remote {
             Remote::Http(url) => Ok(Source::Http(http::HttpSource::new(url, settings)?)),
-            Remote::S3 { bucket, key } => Ok(Source::S3(s3::S3Source::new(bucket, key, settings).await?)),
+            Remote::S3 { bucket, key } => {
+                Ok(Source::S3(s3::S3Source::new(bucket, key, settings).await?))
+            }
             Remote::Git(git) => Ok(Source::Git(git::GitSource::new(git, settings)?)),
             Remote::Local(path) => Ok(Source::Local(file::LocalSource::new(path))),
         }
     }
 
     /// Ask the remote for anything newer than `known`; download it if there is.
-    pub async fn fetch(&self, known: Option<&Stamp>, cancel: &CancellationToken) -> Result<Fetched> {
+    pub async fn fetch(
+        &self,
+        known: Option<&Stamp>,
+        cancel: &CancellationToken,
+    ) -> Result<Fetched> {
         match self {
             Source::Http(s) => s.fetch(known, cancel).await,
             Source::S3(s) => s.fetch(known, cancel).await,
             Source::Git(s) => s.fetch(known, cancel).await,
             Source::Local(s) => s.fetch(known, cancel).await,
+        }
+    }
+
+    /// [`Source::fetch`] for an incremental update from `base` (the live release): over HTTP
+    /// and S3 with ranges, only what `base` cannot supply is downloaded (`ranges.rs`).
+    pub async fn fetch_reusing(
+        &self,
+        known: Option<&Stamp>,
+        base: Option<&Arc<Base>>,
+        cancel: &CancellationToken,
+    ) -> Result<Fetched> {
+        match self {
+            Source::Http(s) => s.fetch_with(known, base, cancel).await,
+            Source::S3(s) => s.fetch_with(known, base, cancel).await,
+            _ => self.fetch(known, cancel).await,
         }
     }
 }
@@ -105,9 +185,16 @@ pub struct CacheFile {
 impl CacheFile {
     /// A fresh name for a download in `cache` (created if needed).
     fn new(cache: &Path, suffix: &str) -> Result<CacheFile> {
-        fs::create_dir_all(cache).with_context(|| format!("cannot create cache directory {}", cache.display()))?;
-        let name = format!("download-{}-{:08x}{suffix}", std::process::id(), rand::random::<u32>());
-        Ok(CacheFile { path: cache.join(name) })
+        fs::create_dir_all(cache)
+            .with_context(|| format!("cannot create cache directory {}", cache.display()))?;
+        let name = format!(
+            "download-{}-{:08x}{suffix}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        Ok(CacheFile {
+            path: cache.join(name),
+        })
     }
 
     fn path(&self) -> &Path {

@@ -61,13 +61,18 @@ fn account_key_file(home: &Path) -> Result<Option<(String, String)>> {
     }
     match (access, secret) {
         (Some(a), Some(s)) if !a.is_empty() && !s.is_empty() => Ok(Some((a, s))),
-        _ => bail!("{} needs both accessKey= and secretKey= lines", path.display()),
+        _ => bail!(
+            "{} needs both accessKey= and secretKey= lines",
+            path.display()
+        ),
     }
 }
 
 /// The home directory of the running user: `$HOME`, else the password database.
 fn home_dir() -> Option<PathBuf> {
-    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from)
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
 }
 
 /// A name for the part of the standard chain that will most likely answer, for messages.
@@ -79,9 +84,13 @@ fn chain_description() -> String {
         "the shared credentials/config files (AWS_PROFILE)"
     } else if set("AWS_WEB_IDENTITY_TOKEN_FILE") {
         "a web identity token (AWS_WEB_IDENTITY_TOKEN_FILE)"
-    } else if set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") || set("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
+    } else if set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        || set("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+    {
         "container credentials"
-    } else if home_dir().is_some_and(|h| h.join(".aws/credentials").exists() || h.join(".aws/config").exists()) {
+    } else if home_dir()
+        .is_some_and(|h| h.join(".aws/credentials").exists() || h.join(".aws/config").exists())
+    {
         "the shared credentials/config files in ~/.aws"
     } else {
         "the EC2 instance role (IMDSv2)"
@@ -98,23 +107,43 @@ impl S3Source {
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
         let credentials = match (&settings.aws.access_key, &settings.aws.secret_key) {
             (Some(a), Some(s)) => {
-                loader = loader.credentials_provider(Credentials::new(a, s, None, None, "repo-deploy configuration"));
+                loader = loader.credentials_provider(Credentials::new(
+                    a,
+                    s,
+                    None,
+                    None,
+                    "repo-deploy configuration",
+                ));
                 "the configuration (aws-access-key)".to_string()
             }
             (Some(_), None) | (None, Some(_)) => {
-                bail!("aws-access-key and aws-secret-key go together: set both, or neither to use ~/.amazon/account-key or the AWS chain")
+                bail!(
+                    "aws-access-key and aws-secret-key go together: set both, or neither to use ~/.amazon/account-key or the AWS chain"
+                )
             }
-            (None, None) => match home_dir().map(|h| account_key_file(&h)).transpose()?.flatten() {
+            (None, None) => match home_dir()
+                .map(|h| account_key_file(&h))
+                .transpose()?
+                .flatten()
+            {
                 Some((a, s)) => {
                     crate::logging::register_secret(&s);
                     crate::logging::register_secret(&a);
-                    loader = loader.credentials_provider(Credentials::new(a, s, None, None, "~/.amazon/account-key"));
+                    loader = loader.credentials_provider(Credentials::new(
+                        a,
+                        s,
+                        None,
+                        None,
+                        "~/.amazon/account-key",
+                    ));
                     "~/.amazon/account-key".to_string()
                 }
                 None => chain_description(),
             },
         };
-        let env_region = ["AWS_REGION", "AWS_DEFAULT_REGION"].iter().any(|v| std::env::var_os(v).is_some());
+        let env_region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some());
         if let Some(region) = &settings.aws.region {
             loader = loader.region(Region::new(region.clone()));
         } else if settings.aws.endpoint.is_some() && !env_region {
@@ -146,10 +175,29 @@ impl S3Source {
         })
     }
 
-    pub async fn fetch(&self, known: Option<&Stamp>, cancel: &CancellationToken) -> Result<Fetched> {
+    pub async fn fetch(
+        &self,
+        known: Option<&Stamp>,
+        cancel: &CancellationToken,
+    ) -> Result<Fetched> {
+        self.fetch_with(known, None, cancel).await
+    }
+
+    /// [`S3Source::fetch`]; with `base` (the live release of an incremental update) the
+    /// conditional GetObject asks for the ZIP's tail only and the update continues in
+    /// `ranges.rs`.
+    pub async fn fetch_with(
+        &self,
+        known: Option<&Stamp>,
+        base: Option<&std::sync::Arc<crate::incremental::Base>>,
+        cancel: &CancellationToken,
+    ) -> Result<Fetched> {
         let mut req = self.client.get_object().bucket(&self.bucket).key(&self.key);
         if let Some(etag) = known.and_then(|s| s.etag.as_ref()) {
             req = req.if_none_match(etag);
+        }
+        if let Some(base) = base {
+            req = req.range(format!("bytes=-{}", super::ranges::tail_request(base)));
         }
         let shown = &self.shown;
         let resp = tokio::select! {
@@ -158,11 +206,42 @@ impl S3Source {
         };
         let mut resp = match resp {
             Ok(r) => r,
-            Err(e) if status_of(&e) == Some(304) && known.is_some() => return Ok(Fetched::Unchanged),
+            Err(e) if status_of(&e) == Some(304) && known.is_some() => {
+                return Ok(Fetched::Unchanged);
+            }
             Err(e) => return Err(self.explain(&e)),
         };
         let etag = resp.e_tag().map(str::to_string);
         let expected = resp.content_length().and_then(|n| u64::try_from(n).ok());
+        if let (Some(range), Some(base)) = (
+            resp.content_range()
+                .and_then(super::ranges::parse_content_range),
+            base,
+        ) {
+            let (start, end, total) = range;
+            let bytes = resp
+                .body
+                .collect()
+                .await
+                .map_err(|e| anyhow!("download of {shown} failed: {e}"))?
+                .into_bytes()
+                .to_vec();
+            let tail = super::ranges::Tail {
+                start,
+                total,
+                bytes,
+                etag,
+                last_modified: None,
+            };
+            if end == total
+                && tail.bytes.len() as u64 == end - start
+                && let Some(artifact) =
+                    super::ranges::assemble(self, tail, base, &self.cache, shown, cancel).await?
+            {
+                return Ok(Fetched::New(artifact));
+            }
+            return Box::pin(self.fetch_with(known, None, cancel)).await;
+        }
         let download = CacheFile::new(&self.cache, ".zip")?;
         let mut file = tokio::fs::File::create(download.path())
             .await
@@ -185,21 +264,34 @@ impl S3Source {
                 bail!("download of {shown} is longer than its Content-Length");
             }
             hasher.update(&chunk);
-            file.write_all(&chunk).await.with_context(|| format!("cannot write {}", download.path().display()))?;
+            file.write_all(&chunk)
+                .await
+                .with_context(|| format!("cannot write {}", download.path().display()))?;
         }
         if let Some(n) = expected
             && received != n
         {
             bail!("download of {shown} is truncated: {received} of {n} bytes (Content-Length)");
         }
-        file.flush().await.with_context(|| format!("cannot write {}", download.path().display()))?;
+        file.flush()
+            .await
+            .with_context(|| format!("cannot write {}", download.path().display()))?;
         drop(file);
         let sha256 = hex::encode(hasher.finalize());
-        let version = etag.as_deref().map(super::http::etag_version).filter(|v| !v.is_empty()).unwrap_or_else(|| sha256.clone());
+        let version = etag
+            .as_deref()
+            .map(super::http::etag_version)
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| sha256.clone());
         tracing::debug!("downloaded {received} bytes from {shown}");
         Ok(Fetched::New(Artifact {
             content: Content::Zip(download.path().to_path_buf()),
-            stamp: Stamp { version, etag, last_modified: None, local: None },
+            stamp: Stamp {
+                version,
+                etag,
+                last_modified: None,
+                local: None,
+            },
             sha256,
             _download: Some(download),
         }))
@@ -211,7 +303,12 @@ impl S3Source {
         if end <= start {
             return Ok(Vec::new());
         }
-        let mut req = self.client.get_object().bucket(&self.bucket).key(&self.key).range(format!("bytes={start}-{}", end - 1));
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .range(format!("bytes={start}-{}", end - 1));
         if let Some(etag) = etag {
             req = req.if_match(etag);
         }
@@ -223,51 +320,95 @@ impl S3Source {
             .map_err(|e| anyhow!("reading bytes {start}-{end} of {} failed: {e}", self.shown))?
             .into_bytes();
         if bytes.len() as u64 != end - start {
-            bail!("{} answered {} bytes for the range {start}-{end}", self.shown, bytes.len());
+            bail!(
+                "{} answered {} bytes for the range {start}-{end}",
+                self.shown,
+                bytes.len()
+            );
         }
         Ok(bytes.to_vec())
     }
 
     /// One line that says what went wrong and what to do, naming the bucket, the key and the
     /// credential source, never a secret.
-    fn explain<E: ProvideErrorMetadata + std::error::Error + 'static>(&self, e: &SdkError<E, HttpResponse>) -> anyhow::Error {
+    fn explain<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        e: &SdkError<E, HttpResponse>,
+    ) -> anyhow::Error {
         let (bucket, key, creds) = (&self.bucket, &self.key, &self.credentials);
         let code = e.code().unwrap_or("");
         let status = status_of(e);
         match (code, status) {
-            ("AccessDenied", _) | (_, Some(403)) if !matches!(code, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken") => anyhow!(
-                "access denied to key {key} in bucket {bucket} with credentials from {creds}: allow s3:GetObject on arn:aws:s3:::{bucket}/{key} for them"
-            ),
-            ("NoSuchBucket", _) => anyhow!("no such bucket {bucket} (key {key}): check the remote URL and s3-endpoint/aws-region"),
-            ("NoSuchKey", _) | (_, Some(404)) => anyhow!("no such key {key} in bucket {bucket}: check the remote URL (and `{{id}}`)"),
-            ("ExpiredToken", _) | ("TokenRefreshRequired", _) => {
-                anyhow!("the credentials from {creds} have expired (bucket {bucket}, key {key}): renew them")
+            ("AccessDenied", _) | (_, Some(403))
+                if !matches!(
+                    code,
+                    "InvalidAccessKeyId"
+                        | "SignatureDoesNotMatch"
+                        | "ExpiredToken"
+                        | "InvalidToken"
+                ) =>
+            {
+                anyhow!(
+                    "access denied to key {key} in bucket {bucket} with credentials from {creds}: allow s3:GetObject on arn:aws:s3:::{bucket}/{key} for them"
+                )
             }
-            ("InvalidAccessKeyId", _) | ("SignatureDoesNotMatch", _) | ("InvalidToken", _) => anyhow!(
-                "the S3 endpoint refused the credentials from {creds} ({code}) for bucket {bucket}, key {key}: check the access key and secret"
+            ("NoSuchBucket", _) => anyhow!(
+                "no such bucket {bucket} (key {key}): check the remote URL and s3-endpoint/aws-region"
             ),
+            ("NoSuchKey", _) | (_, Some(404)) => {
+                anyhow!("no such key {key} in bucket {bucket}: check the remote URL (and `{{id}}`)")
+            }
+            ("ExpiredToken", _) | ("TokenRefreshRequired", _) => {
+                anyhow!(
+                    "the credentials from {creds} have expired (bucket {bucket}, key {key}): renew them"
+                )
+            }
+            ("InvalidAccessKeyId", _) | ("SignatureDoesNotMatch", _) | ("InvalidToken", _) => {
+                anyhow!(
+                    "the S3 endpoint refused the credentials from {creds} ({code}) for bucket {bucket}, key {key}: check the access key and secret"
+                )
+            }
             _ => match e {
                 // The SDK reports a failure to get credentials (none found, an unreachable
                 // instance metadata service, a broken profile) as a dispatch failure of kind
                 // "other", before anything is sent: that is not an unreachable endpoint.
-                SdkError::DispatchFailure(d) if !d.is_io() && !d.is_timeout() && chain(e).contains("credential") => anyhow!(
-                    "cannot get credentials from {creds} for bucket {bucket}, key {key}: {}; set aws-access-key and aws-secret-key, write ~/.amazon/account-key, or give the AWS chain credentials (environment, ~/.aws profile, web identity, container, instance role)",
-                    chain(e)
-                ),
+                SdkError::DispatchFailure(d)
+                    if !d.is_io() && !d.is_timeout() && chain(e).contains("credential") =>
+                {
+                    anyhow!(
+                        "cannot get credentials from {creds} for bucket {bucket}, key {key}: {}; set aws-access-key and aws-secret-key, write ~/.amazon/account-key, or give the AWS chain credentials (environment, ~/.aws profile, web identity, container, instance role)",
+                        chain(e)
+                    )
+                }
                 SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => anyhow!(
                     "cannot reach the S3 endpoint {} for bucket {bucket}, key {key}: {}",
                     self.endpoint.as_deref().unwrap_or("of AWS"),
                     chain(e)
                 ),
-                SdkError::ConstructionFailure(_) => anyhow!("cannot build the request for bucket {bucket}, key {key} with credentials from {creds}: {}", chain(e)),
+                SdkError::ConstructionFailure(_) => anyhow!(
+                    "cannot build the request for bucket {bucket}, key {key} with credentials from {creds}: {}",
+                    chain(e)
+                ),
                 _ => anyhow!(
                     "S3 request for key {key} in bucket {bucket} failed{}{}: {}",
-                    status.map(|s| format!(" with HTTP {s}")).unwrap_or_default(),
-                    if code.is_empty() { String::new() } else { format!(" ({code})") },
+                    status
+                        .map(|s| format!(" with HTTP {s}"))
+                        .unwrap_or_default(),
+                    if code.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({code})")
+                    },
                     e.message().map_or_else(|| chain(e), str::to_string)
                 ),
             },
         }
+    }
+}
+
+impl super::ranges::RangeRead for S3Source {
+    async fn get_range(&self, start: u64, end: u64, etag: &str) -> Result<Vec<u8>> {
+        self.read_range(start, end, Some(etag)).await
     }
 }
 
@@ -297,7 +438,11 @@ mod tests {
         assert!(account_key_file(home.path()).expect("absent").is_none());
         std::fs::create_dir(home.path().join(".amazon")).expect("mkdir");
         let file = home.path().join(".amazon/account-key");
-        std::fs::write(&file, "# keys\naccessKey=AKIAEXAMPLE\nsecretKey = s3cr3t/key\n").expect("write");
+        std::fs::write(
+            &file,
+            "# keys\naccessKey=AKIAEXAMPLE\nsecretKey = s3cr3t/key\n",
+        )
+        .expect("write");
         assert_eq!(
             account_key_file(home.path()).expect("read"),
             Some(("AKIAEXAMPLE".to_string(), "s3cr3t/key".to_string()))

@@ -2030,7 +2030,7 @@ pub mod origin {
     use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     use std::thread;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     /// How the origin answers from now on.
     #[derive(Debug, Clone)]
@@ -2067,7 +2067,7 @@ pub mod origin {
         etag: String,
         body: Arc<Vec<u8>>,
         answer: Answer,
-        heads: Vec<String>,
+        heads: Vec<(Instant, String)>,
     }
 
     pub struct Origin {
@@ -2153,7 +2153,14 @@ pub mod origin {
 
         /// The request heads received so far.
         pub fn requests(&self) -> Vec<String> {
-            self.shared.lock().expect("origin").heads.clone()
+            let s = self.shared.lock().expect("origin");
+            s.heads.iter().map(|(_, h)| h.clone()).collect()
+        }
+
+        /// When the requests so far arrived (their heads were read).
+        pub fn request_times(&self) -> Vec<Instant> {
+            let s = self.shared.lock().expect("origin");
+            s.heads.iter().map(|(t, _)| *t).collect()
         }
 
         /// Body bytes written to clients so far.
@@ -2187,7 +2194,7 @@ pub mod origin {
         let head = String::from_utf8_lossy(&head).into_owned();
         let (etag, body, how) = {
             let mut s = shared.lock().expect("origin");
-            s.heads.push(head.clone());
+            s.heads.push((Instant::now(), head.clone()));
             (s.etag.clone(), Arc::clone(&s.body), s.answer.clone())
         };
         match how {
@@ -2299,5 +2306,122 @@ impl Drop for Tmpfs {
             // Busy (an orphaned hook still has its working directory there): detach it.
             let _ = Command::new("umount").arg("-l").arg(&self.path).status();
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// nginx for incremental updates (tests/incremental.rs)
+
+/// One line of [`Nginx::start_ranged`]'s access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangedAccess {
+    pub status: u16,
+    /// `$bytes_sent`: everything sent, headers included.
+    pub sent: u64,
+    pub method: String,
+    pub uri: String,
+    /// The `Range`, `If-Match` and `If-None-Match` headers, empty when absent.
+    pub range: String,
+    pub if_match: String,
+    pub if_none_match: String,
+}
+
+impl Nginx {
+    /// Like [`Nginx::start`] (no Basic auth), with an access log for ranged downloads
+    /// (`ranged.log`, read by [`Nginx::ranged_log`]) and `/norange/`: the files of `www/`
+    /// again, with `max_ranges 0` (a server without range support).
+    pub fn start_ranged(root: &Path) -> Nginx {
+        assert!(
+            Path::new(NGINX).exists(),
+            "{NGINX} is missing: the HTTP tests need nginx; run `bash .ci/run` or `apt-get install nginx-light`"
+        );
+        let dir = root.join("nginx");
+        let www = dir.join("www");
+        fs::create_dir_all(&www).expect("create www");
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let d = dir.display();
+            let conf = format!(
+                "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{\n  default_type application/zip;\n\
+                 \x20 log_format ranged '$status $bytes_sent $request_method $uri \"$http_range\" \"$http_if_match\" \"$http_if_none_match\"';\n\
+                 \x20 access_log {d}/ranged.log ranged;\n\
+                 \x20 client_body_temp_path {d}/client_body;\n  proxy_temp_path {d}/proxy;\n\
+                 \x20 fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+                 \x20 server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n\
+                 \x20   location /norange/ {{ alias {d}/www/; max_ranges 0; }}\n  }}\n}}\n"
+            );
+            fs::write(dir.join("nginx.conf"), conf).expect("write nginx.conf");
+            let _ = fs::remove_file(dir.join("ranged.log"));
+            let mut child = Command::new(NGINX)
+                .arg("-p")
+                .arg(&dir)
+                .arg("-c")
+                .arg(dir.join("nginx.conf"))
+                .arg("-e")
+                .arg(dir.join("error.log"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {NGINX}: {e}"));
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let mut exited = None;
+            let up = eventually(Duration::from_secs(10), || {
+                if let Some(s) = child.try_wait().expect("try_wait nginx") {
+                    exited = Some(s);
+                    return true;
+                }
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            });
+            if up && exited.is_none() {
+                return Nginx {
+                    child,
+                    port,
+                    dir,
+                    www,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            last_error = fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+        }
+        panic!("nginx did not start after 5 attempts; error.log:\n{last_error}");
+    }
+
+    /// The access log of [`Nginx::start_ranged`] so far.
+    pub fn ranged_log(&self) -> Vec<RangedAccess> {
+        read_lines(&self.dir.join("ranged.log"))
+            .iter()
+            .map(|line| {
+                let mut parts = line.splitn(5, ' ');
+                let mut next = || {
+                    parts
+                        .next()
+                        .unwrap_or_else(|| panic!("short log line: {line}"))
+                };
+                let (status, sent, method, uri) = (next(), next(), next(), next());
+                let quoted: Vec<String> = next()
+                    .trim_matches('"')
+                    .split("\" \"")
+                    .map(|v| {
+                        let v = v.replace("\\x22", "\"");
+                        if v == "-" { String::new() } else { v }
+                    })
+                    .collect();
+                assert_eq!(quoted.len(), 3, "log line: {line}");
+                RangedAccess {
+                    status: status.parse().expect("status"),
+                    sent: sent.parse().expect("bytes sent"),
+                    method: method.to_string(),
+                    uri: uri.to_string(),
+                    range: quoted[0].clone(),
+                    if_match: quoted[1].clone(),
+                    if_none_match: quoted[2].clone(),
+                }
+            })
+            .collect()
     }
 }

@@ -135,6 +135,36 @@ impl World {
     }
 
     pub fn run_args(&self, args: &[&str]) -> Output {
+        self.finish(self.spawn_args(args))
+    }
+
+    /// Wait (with the run deadline) for a spawned binary; what it printed.
+    pub fn finish(&self, mut child: Child) -> Output {
+        let mut status = None;
+        let started = Instant::now();
+        eventually(RUN_TIMEOUT, || {
+            status = child.try_wait().expect("wait");
+            status.is_some()
+        });
+        let stderr = self.root.join("run.stderr");
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "repo-deploy ran longer than {RUN_TIMEOUT:?}:\n{}",
+                read(&stderr)
+            );
+        };
+        Output {
+            status,
+            stdout: read(&self.root.join("run.stdout")),
+            stderr: read(&stderr),
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// Start the binary with the world's directories (output in `run.stdout`/`run.stderr`).
+    pub fn spawn_args(&self, args: &[&str]) -> Child {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_repo-deploy"));
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("REPO_DEPLOY_")
@@ -163,27 +193,7 @@ impl World {
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout).expect("stdout file"))
             .stderr(fs::File::create(&stderr).expect("stderr file"));
-        let started = Instant::now();
-        let mut child = cmd.spawn().expect("spawn repo-deploy");
-        let mut status = None;
-        eventually(RUN_TIMEOUT, || {
-            status = child.try_wait().expect("wait");
-            status.is_some()
-        });
-        let Some(status) = status else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "repo-deploy {args:?} ran longer than {RUN_TIMEOUT:?}:\n{}",
-                read(&stderr)
-            );
-        };
-        Output {
-            status,
-            stdout: read(&stdout),
-            stderr: read(&stderr),
-            elapsed: started.elapsed(),
-        }
+        cmd.spawn().expect("spawn repo-deploy")
     }
 
     /// `${directory}/current`.
