@@ -29,6 +29,7 @@ echo "--- check the installed files"
 version=$(dpkg-deb -f "$deb" Version)
 out=$(/usr/bin/repo-deploy --version)
 [[ $out == "repo-deploy ${version%-*}" ]] || fail "--version says '$out', the package is $version"
+dpkg-deb -f "$deb" Recommends | grep -qw git || fail "the package does not recommend git (git remotes need it)"
 
 cfg=/etc/repo-deploy/repo-deploy.cfg
 [[ -f $cfg ]] || fail "$cfg missing"
