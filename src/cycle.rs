@@ -213,9 +213,10 @@ pub async fn check(
         Ok(s) => s,
         Err(_) if cancel.is_cancelled() => return Err(CycleError::Interrupted),
         Err(e) => {
-            return Err(CycleError::Failed(
-                anyhow!(e).context(format!("cannot unpack {version}")),
-            ));
+            return Err(CycleError::Failed(anyhow!(e).context(format!(
+                "cannot unpack {version} from {}",
+                settings.remote_display
+            ))));
         }
     };
     let release = releases

@@ -255,7 +255,10 @@ pub fn secrets(input: &str) -> Vec<String> {
                 found.push(decoded);
             }
         }
-        if !url.username().is_empty() {
+        // A user name beside a password is not a secret (masking it would mangle every log
+        // line that holds the word, `deploy` say); alone, it is usually a token
+        // (`https://TOKEN@host/repo.git`).
+        if url.password().is_none() && !url.username().is_empty() {
             found.push(url.username().to_string());
         }
         for (k, v) in url.query_pairs() {
@@ -411,5 +414,15 @@ mod tests {
         assert!(s.contains(&"p%40ss".to_string()));
         assert!(s.contains(&"p@ss".to_string()));
         assert!(s.contains(&"xyz1".to_string()));
+        assert!(
+            !s.contains(&"user".to_string()),
+            "a user name beside a password: {s:?}"
+        );
+        let token = secrets("https://ghp_t0ken@h/app.git");
+        assert_eq!(
+            token,
+            vec!["ghp_t0ken".to_string()],
+            "a lone user name is a token"
+        );
     }
 }
