@@ -12,6 +12,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Why the live release cannot be read.
 fn not_a_link(local: &Path) -> io::Error {
@@ -74,8 +75,10 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
     out
 }
 
-/// Point `local` at `release` atomically.
-pub fn switch(local: &Path, release: &Path) -> io::Result<()> {
+/// Point `local` at `release` atomically. Returns how long after the call the new release
+/// became visible at `local` (the rename); the call returns once that is durable too.
+pub fn switch(local: &Path, release: &Path) -> io::Result<Duration> {
+    let started = Instant::now();
     if let Ok(m) = fs::symlink_metadata(local)
         && !m.file_type().is_symlink()
     {
@@ -95,7 +98,9 @@ pub fn switch(local: &Path, release: &Path) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    File::open(parent)?.sync_all()
+    let visible = started.elapsed();
+    File::open(parent)?.sync_all()?;
+    Ok(visible)
 }
 
 /// Remove `local` (after a failed first deploy there is nothing to restore).
@@ -246,6 +251,9 @@ pub struct Switched {
     pub current: PathBuf,
     /// The previous live release's files, if there was one.
     pub previous: Option<PathBuf>,
+    /// From the call to the moment `current` showed the new release (the rest of the call
+    /// made that durable).
+    pub visible: Duration,
 }
 
 /// In exchange and sync modes `current` is a directory, so the name of the release it holds is
@@ -375,13 +383,16 @@ impl Activator {
 
     /// Make `release` (a directory under `releases/`) live.
     pub fn switch(&self, release: &Path) -> io::Result<Switched> {
+        let started = Instant::now();
         let before = self.live()?;
         match self.mode {
             Mode::Symlink => {
-                switch(&self.local, release)?;
+                let looked_up = started.elapsed();
+                let visible = looked_up + switch(&self.local, release)?;
                 Ok(Switched {
                     current: release.to_path_buf(),
                     previous: before.map(|l| l.path),
+                    visible,
                 })
             }
             Mode::Sync => {
@@ -395,6 +406,7 @@ impl Activator {
                     }),
                 })?;
                 crate::treesync::sync_tree(release, &self.local)?;
+                let visible = started.elapsed();
                 self.save_marker(&Marker {
                     name: Some(to),
                     pending: None,
@@ -402,6 +414,7 @@ impl Activator {
                 Ok(Switched {
                     current: release.to_path_buf(),
                     previous: before.map(|l| l.path),
+                    visible,
                 })
             }
             Mode::Exchange => {
@@ -416,10 +429,10 @@ impl Activator {
                         to_ino,
                     }),
                 })?;
-                let previous = match &from {
+                let (previous, visible) = match &from {
                     None => {
                         fs::rename(release, &self.local)?;
-                        None
+                        (None, started.elapsed())
                     }
                     Some(from) => {
                         rustix::fs::renameat_with(
@@ -429,10 +442,11 @@ impl Activator {
                             &self.local,
                             rustix::fs::RenameFlags::EXCHANGE,
                         )?;
+                        let visible = started.elapsed();
                         // `release` now holds the previous files: give them their name back.
                         let back = self.releases().join(from);
                         fs::rename(release, &back)?;
-                        Some(back.canonicalize()?)
+                        (Some(back.canonicalize()?), visible)
                     }
                 };
                 fsync_dir(&self.releases())?;
@@ -444,6 +458,7 @@ impl Activator {
                 Ok(Switched {
                     current: self.local.canonicalize()?,
                     previous,
+                    visible,
                 })
             }
         }

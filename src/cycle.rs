@@ -358,9 +358,10 @@ pub async fn go_live(
         )))
     })?;
     tracing::info!(
-        "switched {} to {} in {}µs",
+        "switched {} to {} in {}µs (durable after {}µs)",
         settings.local.display(),
         release.display(),
+        switched.visible.as_micros(),
         switch_started.elapsed().as_micros()
     );
 

@@ -155,3 +155,30 @@ fn a_bad_mode_is_a_configuration_error() {
     out.expect_code(2);
     assert!(out.stderr.contains("activate"), "{}", out.dump());
 }
+
+/// The log gives, for every mode, the time until `current` showed the new release and the
+/// time until that was durable; the first is part of the second.
+#[test]
+fn every_mode_logs_when_the_switch_was_visible_and_when_durable() {
+    for mode in ["symlink", "exchange", "sync"] {
+        let env = Env::new();
+        let r = publish(&env, "v1");
+        run_mode(&env, mode, &["-f", "-r", &r]).expect_code(0);
+        let r = publish(&env, "v2");
+        let out = run_mode(&env, mode, &["-f", "-r", &r]);
+        out.expect_code(0);
+        let line = out
+            .stderr
+            .lines()
+            .find(|l| l.contains(" switched "))
+            .unwrap_or_else(|| panic!("{mode}: no switch logged: {}", out.dump()));
+        let micros = |after: &str| -> u64 {
+            let rest = &line[line.find(after).unwrap_or_else(|| panic!("{line}")) + after.len()..];
+            rest[..rest.find("µs").unwrap_or_else(|| panic!("{line}"))]
+                .parse()
+                .unwrap_or_else(|e| panic!("{mode}: {line}: {e}"))
+        };
+        let (visible, durable) = (micros(" in "), micros("durable after "));
+        assert!(visible <= durable, "{mode}: {line}");
+    }
+}
