@@ -1129,8 +1129,9 @@ impl Job<'_> {
             let Some(entry) = files.get(self.next.fetch_add(1, Ordering::Relaxed)) else {
                 break;
             };
-            if let Err(e) = self.write_file(entry, dest, contents, &mut reader) {
-                self.fail(e);
+            match self.write_file(entry, dest, contents, &mut reader) {
+                Ok(()) => crate::progress::advance(1),
+                Err(e) => self.fail(e),
             }
         }
     }
@@ -1190,6 +1191,7 @@ fn build(
         stop: AtomicBool::new(false),
         first_error: Mutex::new(None),
     };
+    crate::progress::start("unpack", Some(files.len() as u64), false);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|scope| {
         for n in 1..cpus.min(MAX_WORKERS).min(files.len()) {

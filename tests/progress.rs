@@ -1,5 +1,5 @@
-//! Interactive runs: `-f` on a terminal draws a download progress bar on stderr; the same run
-//! with stderr on a pipe draws none. The terminal is a real pseudo-terminal from `script(1)`.
+//! Interactive runs: `-f` on a terminal draws download and unpack progress bars on stderr; the
+//! same run with stderr on a pipe draws none. The terminal is a real pseudo-terminal from `script(1)`.
 
 mod common;
 
@@ -12,12 +12,15 @@ fn big_zip(nginx: &Nginx) -> String {
     let data: Vec<u8> = (0..4_000_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    zip(&nginx.www.join("app.zip"), &[file("data.bin", data, 0o644)]);
+    // And many small files, so the unpacking takes long enough to draw too.
+    let mut entries = vec![file("data.bin", data, 0o644)];
+    entries.extend((0..3000).map(|i| file(&format!("small/{i}.txt"), format!("{i}\n"), 0o644)));
+    zip(&nginx.www.join("app.zip"), &entries);
     nginx.url("/app.zip")
 }
 
 #[test]
-fn a_terminal_gets_a_download_bar_and_a_pipe_does_not() {
+fn a_terminal_gets_download_and_unpack_bars_and_a_pipe_does_not() {
     let env = Env::new();
     let nginx = Nginx::start(&env.root, &[]);
     let url = big_zip(&nginx);
@@ -40,7 +43,11 @@ fn a_terminal_gets_a_download_bar_and_a_pipe_does_not() {
     assert!(tty.status.success(), "{shown}");
     assert!(
         shown.contains("download") && shown.contains("MiB"),
-        "no bar on a terminal: {shown}"
+        "no download bar on a terminal: {shown}"
+    );
+    assert!(
+        shown.contains("unpack") && shown.contains("/3001 files"),
+        "no unpack bar on a terminal: {shown}"
     );
 
     let piped = env
@@ -50,7 +57,7 @@ fn a_terminal_gets_a_download_bar_and_a_pipe_does_not() {
         .run();
     piped.expect_code(0);
     assert!(
-        !piped.stderr.contains("download ["),
+        !piped.stderr.contains("download [") && !piped.stderr.contains("unpack ["),
         "a bar on a pipe: {}",
         piped.dump()
     );
