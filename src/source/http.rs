@@ -12,13 +12,11 @@ use reqwest::header::{
     CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
     RANGE,
 };
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::ranges::{self, RangeRead, Tail};
-use super::{Artifact, CacheFile, Content, Fetched};
+use super::{Artifact, Content, Fetched};
 use crate::config::Settings;
 use crate::incremental::Base;
 use crate::state::Stamp;
@@ -108,7 +106,7 @@ impl HttpSource {
             req = req.header(RANGE, format!("bytes=-{}", ranges::tail_request(base)));
         }
         let shown = &self.shown;
-        let mut resp = tokio::select! {
+        let resp = tokio::select! {
             r = req.send() => r.map_err(|e| anyhow!("cannot reach {shown}: {}{}", describe(&e), self.stall_hint(&e)))?,
             () = cancel.cancelled() => bail!("interrupted while contacting {shown}"),
         };
@@ -150,50 +148,14 @@ impl HttpSource {
         let last_modified = header(LAST_MODIFIED);
         let expected: Option<u64> = header(CONTENT_LENGTH).and_then(|v| v.parse().ok());
 
-        let download = CacheFile::new(&self.cache, ".zip")?;
-        let mut file = tokio::fs::File::create(download.path())
-            .await
-            .with_context(|| format!("cannot create {}", download.path().display()))?;
-        let mut hasher = Sha256::new();
-        let mut received: u64 = 0;
-        crate::progress::start("download", expected, true);
-        loop {
-            let chunk = tokio::select! {
-                c = tokio::time::timeout(self.stall, resp.chunk()) => match c {
-                    Err(_) => bail!("download of {shown} stalled: nothing received for {}s (stall-timeout)", self.stall.as_secs()),
-                    Ok(c) => c.map_err(|e| anyhow!("download of {shown} failed after {received} bytes: {}{}", describe(&e), self.stall_hint(&e)))?,
-                },
-                () = cancel.cancelled() => bail!("interrupted while downloading {shown}"),
-            };
-            let Some(chunk) = chunk else { break };
-            received += chunk.len() as u64;
-            crate::progress::advance(chunk.len() as u64);
-            if let Some(n) = expected
-                && received > n
-            {
-                bail!("download of {shown} is longer than its Content-Length ({n} bytes)");
-            }
-            hasher.update(&chunk);
-            file.write_all(&chunk)
-                .await
-                .with_context(|| format!("cannot write {}", download.path().display()))?;
-        }
-        if let Some(n) = expected
-            && received != n
-        {
-            bail!("download of {shown} is truncated: {received} of {n} bytes (Content-Length)");
-        }
-        file.flush()
-            .await
-            .with_context(|| format!("cannot write {}", download.path().display()))?;
-        drop(file);
-        let sha256 = hex::encode(hasher.finalize());
+        let body = HttpBody { resp, source: self };
+        let (download, sha256) =
+            super::download(body, expected, &self.cache, shown, self.stall, cancel).await?;
         let version = etag
             .as_deref()
             .map(etag_version)
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| sha256.clone());
-        tracing::debug!("downloaded {received} bytes from {shown}");
         Ok(Fetched::New(Artifact {
             content: Content::Zip(download.path().to_path_buf()),
             stamp: Stamp {
@@ -322,6 +284,21 @@ impl RangeRead for HttpSource {
 
 /// A reqwest error as one line, without the URL (which the caller prints masked) and with
 /// its causes.
+/// A full answer's body, for [`super::download`].
+struct HttpBody<'a> {
+    resp: reqwest::Response,
+    source: &'a HttpSource,
+}
+
+impl super::Body for HttpBody<'_> {
+    async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, String> {
+        self.resp
+            .chunk()
+            .await
+            .map_err(|e| format!("{}{}", describe(&e), self.source.stall_hint(&e)))
+    }
+}
+
 fn describe(e: &reqwest::Error) -> String {
     let mut text = if e.is_timeout() {
         "timed out".to_string()

@@ -212,6 +212,63 @@ impl Drop for CacheFile {
     }
 }
 
+/// A response body, chunk by chunk; the error is already worded for the operator.
+pub(crate) trait Body {
+    async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, String>;
+}
+
+/// Stream `body` into a new file in `cache`, hashing it on the way, with `stall` as the
+/// longest wait for a chunk and `expected` (`Content-Length`) checked both ways. Shared by
+/// the HTTP and S3 sources, whose bodies differ only in type.
+pub(crate) async fn download(
+    mut body: impl Body,
+    expected: Option<u64>,
+    cache: &Path,
+    shown: &str,
+    stall: std::time::Duration,
+    cancel: &CancellationToken,
+) -> Result<(CacheFile, String)> {
+    use anyhow::bail;
+    use sha2::Digest;
+    use tokio::io::AsyncWriteExt;
+
+    let download = CacheFile::new(cache, ".zip")?;
+    let cannot_write = || format!("cannot write {}", download.path().display());
+    let mut file = tokio::fs::File::create(download.path())
+        .await
+        .with_context(|| format!("cannot create {}", download.path().display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut received: u64 = 0;
+    crate::progress::start("download", expected, true);
+    loop {
+        let chunk = tokio::select! {
+            c = tokio::time::timeout(stall, body.next_chunk()) => match c {
+                Err(_) => bail!("download of {shown} stalled: nothing received for {}s (stall-timeout)", stall.as_secs()),
+                Ok(c) => c.map_err(|e| anyhow::anyhow!("download of {shown} failed after {received} bytes: {e}"))?,
+            },
+            () = cancel.cancelled() => bail!("interrupted while downloading {shown}"),
+        };
+        let Some(chunk) = chunk else { break };
+        received += chunk.len() as u64;
+        crate::progress::advance(chunk.len() as u64);
+        if let Some(n) = expected
+            && received > n
+        {
+            bail!("download of {shown} is longer than its Content-Length ({n} bytes)");
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.with_context(cannot_write)?;
+    }
+    if let Some(n) = expected
+        && received != n
+    {
+        bail!("download of {shown} is truncated: {received} of {n} bytes (Content-Length)");
+    }
+    file.flush().await.with_context(cannot_write)?;
+    tracing::debug!("downloaded {received} bytes from {shown}");
+    Ok((download, hex::encode(hasher.finalize())))
+}
+
 /// Delete downloads left in the cache by an interrupted run. Call under the deploy lock.
 pub fn sweep_cache(cache: &Path) -> io::Result<()> {
     let entries = match fs::read_dir(cache) {

@@ -11,18 +11,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{Artifact, CacheFile, Content, Fetched};
+use super::{Artifact, Content, Fetched};
 use crate::config::Settings;
 use crate::state::Stamp;
 
@@ -204,7 +202,7 @@ impl S3Source {
             r = req.send() => r,
             () = cancel.cancelled() => bail!("interrupted while contacting {shown}"),
         };
-        let mut resp = match resp {
+        let resp = match resp {
             Ok(r) => r,
             Err(e) if status_of(&e) == Some(304) && known.is_some() => {
                 return Ok(Fetched::Unchanged);
@@ -242,48 +240,14 @@ impl S3Source {
             }
             return Box::pin(self.fetch_with(known, None, cancel)).await;
         }
-        let download = CacheFile::new(&self.cache, ".zip")?;
-        let mut file = tokio::fs::File::create(download.path())
-            .await
-            .with_context(|| format!("cannot create {}", download.path().display()))?;
-        let mut hasher = Sha256::new();
-        let mut received: u64 = 0;
-        crate::progress::start("download", expected, true);
-        loop {
-            let chunk = tokio::select! {
-                c = tokio::time::timeout(self.stall, resp.body.next()) => match c {
-                    Err(_) => bail!("download of {shown} stalled: nothing received for {}s (stall-timeout)", self.stall.as_secs()),
-                    Ok(None) => break,
-                    Ok(Some(c)) => c.map_err(|e| anyhow!("download of {shown} failed after {received} bytes: {e}"))?,
-                },
-                () = cancel.cancelled() => bail!("interrupted while downloading {shown}"),
-            };
-            received += chunk.len() as u64;
-            crate::progress::advance(chunk.len() as u64);
-            if expected.is_some_and(|n| received > n) {
-                bail!("download of {shown} is longer than its Content-Length");
-            }
-            hasher.update(&chunk);
-            file.write_all(&chunk)
-                .await
-                .with_context(|| format!("cannot write {}", download.path().display()))?;
-        }
-        if let Some(n) = expected
-            && received != n
-        {
-            bail!("download of {shown} is truncated: {received} of {n} bytes (Content-Length)");
-        }
-        file.flush()
-            .await
-            .with_context(|| format!("cannot write {}", download.path().display()))?;
-        drop(file);
-        let sha256 = hex::encode(hasher.finalize());
+        let body = S3Body(resp.body);
+        let (download, sha256) =
+            super::download(body, expected, &self.cache, shown, self.stall, cancel).await?;
         let version = etag
             .as_deref()
             .map(super::http::etag_version)
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| sha256.clone());
-        tracing::debug!("downloaded {received} bytes from {shown}");
         Ok(Fetched::New(Artifact {
             content: Content::Zip(download.path().to_path_buf()),
             stamp: Stamp {
@@ -426,6 +390,15 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// An object's body, for [`super::download`].
+struct S3Body(aws_sdk_s3::primitives::ByteStream);
+
+impl super::Body for S3Body {
+    async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, String> {
+        self.0.next().await.transpose().map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]

@@ -962,18 +962,32 @@ pub fn free_port() -> u16 {
 impl Nginx {
     /// Start nginx under `<root>/nginx` with these Basic-auth users for `/private/`.
     pub fn start(root: &Path, users: &[(&str, &str)]) -> Nginx {
-        assert!(
-            Path::new(NGINX).exists(),
-            "{NGINX} is missing: the HTTP tests need nginx; run `bash .ci/run` or `apt-get install nginx-light`"
-        );
         let dir = root.join("nginx");
-        let www = dir.join("www");
-        fs::create_dir_all(www.join("private")).expect("create www");
+        fs::create_dir_all(dir.join("www/private")).expect("create www");
         let htpasswd: String = users
             .iter()
             .map(|(u, p)| format!("{u}:{{PLAIN}}{p}\n"))
             .collect();
         fs::write(dir.join("htpasswd"), htpasswd).expect("write htpasswd");
+        let _ = fs::remove_file(dir.join("access.log"));
+        Nginx::launch(dir, |d, port| {
+            format!(
+                "  log_format fmt '$status $body_bytes_sent $request_method $uri \"$http_if_none_match\"';\n\
+                 \x20 access_log {d}/access.log fmt;\n\
+                 \x20 server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n\
+                 \x20   location /private/ {{ auth_basic \"x\"; auth_basic_user_file {d}/htpasswd; }}\n  }}\n"
+            )
+        })
+    }
+
+    /// Start nginx in `dir` (its `www/` the document root) with `http` (given the directory
+    /// and a free port) inside its `http {}` block; on a port taken meanwhile, try another.
+    fn launch(dir: PathBuf, http: impl Fn(&std::path::Display, u16) -> String) -> Nginx {
+        assert!(
+            Path::new(NGINX).exists(),
+            "{NGINX} is missing: the HTTP tests need nginx; run `bash .ci/run` or `apt-get install nginx-light`"
+        );
+        let www = dir.join("www");
         let mut last_error = String::new();
         for _ in 0..5 {
             let port = free_port();
@@ -982,15 +996,12 @@ impl Nginx {
                 "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
                  events {{ worker_connections 64; }}\n\
                  http {{\n  default_type application/zip;\n\
-                 \x20 log_format fmt '$status $body_bytes_sent $request_method $uri \"$http_if_none_match\"';\n\
-                 \x20 access_log {d}/access.log fmt;\n\
                  \x20 client_body_temp_path {d}/client_body;\n  proxy_temp_path {d}/proxy;\n\
                  \x20 fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-                 \x20 server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n\
-                 \x20   location /private/ {{ auth_basic \"x\"; auth_basic_user_file {d}/htpasswd; }}\n  }}\n}}\n"
+                 {}}}\n",
+                http(&d, port)
             );
             fs::write(dir.join("nginx.conf"), conf).expect("write nginx.conf");
-            let _ = fs::remove_file(dir.join("access.log"));
             let mut child = Command::new(NGINX)
                 .arg("-p")
                 .arg(&dir)
@@ -2331,64 +2342,17 @@ impl Nginx {
     /// (`ranged.log`, read by [`Nginx::ranged_log`]) and `/norange/`: the files of `www/`
     /// again, with `max_ranges 0` (a server without range support).
     pub fn start_ranged(root: &Path) -> Nginx {
-        assert!(
-            Path::new(NGINX).exists(),
-            "{NGINX} is missing: the HTTP tests need nginx; run `bash .ci/run` or `apt-get install nginx-light`"
-        );
         let dir = root.join("nginx");
-        let www = dir.join("www");
-        fs::create_dir_all(&www).expect("create www");
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            let port = free_port();
-            let d = dir.display();
-            let conf = format!(
-                "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-                 events {{ worker_connections 64; }}\n\
-                 http {{\n  default_type application/zip;\n\
-                 \x20 log_format ranged '$status $bytes_sent $request_method $uri \"$http_range\" \"$http_if_match\" \"$http_if_none_match\"';\n\
+        fs::create_dir_all(dir.join("www")).expect("create www");
+        let _ = fs::remove_file(dir.join("ranged.log"));
+        Nginx::launch(dir, |d, port| {
+            format!(
+                "  log_format ranged '$status $bytes_sent $request_method $uri \"$http_range\" \"$http_if_match\" \"$http_if_none_match\"';\n\
                  \x20 access_log {d}/ranged.log ranged;\n\
-                 \x20 client_body_temp_path {d}/client_body;\n  proxy_temp_path {d}/proxy;\n\
-                 \x20 fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
                  \x20 server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n\
-                 \x20   location /norange/ {{ alias {d}/www/; max_ranges 0; }}\n  }}\n}}\n"
-            );
-            fs::write(dir.join("nginx.conf"), conf).expect("write nginx.conf");
-            let _ = fs::remove_file(dir.join("ranged.log"));
-            let mut child = Command::new(NGINX)
-                .arg("-p")
-                .arg(&dir)
-                .arg("-c")
-                .arg(dir.join("nginx.conf"))
-                .arg("-e")
-                .arg(dir.join("error.log"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {NGINX}: {e}"));
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let mut exited = None;
-            let up = eventually(Duration::from_secs(10), || {
-                if let Some(s) = child.try_wait().expect("try_wait nginx") {
-                    exited = Some(s);
-                    return true;
-                }
-                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-            });
-            if up && exited.is_none() {
-                return Nginx {
-                    child,
-                    port,
-                    dir,
-                    www,
-                };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            last_error = fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-        }
-        panic!("nginx did not start after 5 attempts; error.log:\n{last_error}");
+                 \x20   location /norange/ {{ alias {d}/www/; max_ranges 0; }}\n  }}\n"
+            )
+        })
     }
 
     /// The access log of [`Nginx::start_ranged`] so far.
