@@ -377,69 +377,7 @@ pub fn copy_tree(
     limits: &Limits,
     cancel: &CancellationToken,
 ) -> Result<Summary> {
-    let mut planner = Planner::new(*limits);
-    let mut pending = vec![PathBuf::new()];
-    while let Some(rel) = pending.pop() {
-        check(cancel)?;
-        let shown = rel.to_string_lossy().into_owned();
-        let failed = |action, source| UnpackError::Io {
-            path: shown.clone(),
-            action,
-            source,
-        };
-        let listing = match fs::read_dir(src.join(&rel)) {
-            Err(source) if rel.as_os_str().is_empty() => {
-                return Err(UnpackError::Open {
-                    path: src.to_path_buf(),
-                    source,
-                });
-            }
-            listing => listing.map_err(|e| failed("read directory", e))?,
-        };
-        let mut children = Vec::new();
-        for child in listing {
-            children.push(child.map_err(|e| failed("read directory", e))?);
-        }
-        children.sort_by_key(fs::DirEntry::file_name);
-        for child in children {
-            let rel = rel.join(child.file_name());
-            // `DirEntry::metadata` does not follow symlinks.
-            let stat_failed = |e| io_error(&rel.to_string_lossy(), "stat", e);
-            let meta = child.metadata().map_err(stat_failed)?;
-            let (path, kind) =
-                planner.admit(rel.as_os_str().as_bytes(), Some(meta.mode()), false)?;
-            let kind = match kind {
-                Type::Dir => {
-                    pending.push(rel);
-                    Kind::Dir
-                }
-                Type::File => Kind::File {
-                    size: meta.len(),
-                    index: 0,
-                },
-                Type::Symlink => match fs::read_link(src.join(&rel)) {
-                    Ok(target) => Kind::Symlink {
-                        target: target.into_os_string().into_vec(),
-                    },
-                    Err(source) => {
-                        return Err(UnpackError::Io {
-                            path,
-                            action: "read symlink",
-                            source,
-                        });
-                    }
-                },
-            };
-            let mtime = meta.modified().ok();
-            planner.add(Entry {
-                path,
-                kind,
-                mode: meta.mode() & 0o777,
-                mtime,
-            })?;
-        }
-    }
-    let entries = planner.finish()?;
+    let entries = plan_tree(src, limits, cancel, true)?;
     build(&entries, dest, limits, cancel, &TreeContents(src))
 }
 
@@ -447,6 +385,28 @@ pub fn copy_tree(
 /// of [`copy_tree`]: names, types, symlink targets, duplicates, letter case and the limits.
 /// Nothing is written; on error the caller deletes `dir`. Blocking: run it on a blocking thread.
 pub fn check_tree(dir: &Path, limits: &Limits, cancel: &CancellationToken) -> Result<Summary> {
+    let mut summary = Summary::default();
+    for entry in plan_tree(dir, limits, cancel, false)? {
+        match entry.kind {
+            Kind::Dir => summary.dirs += 1,
+            Kind::File { size, .. } => {
+                summary.files += 1;
+                summary.bytes += size;
+            }
+            Kind::Symlink { .. } => summary.symlinks += 1,
+        }
+    }
+    Ok(summary)
+}
+
+/// Walk the tree `root` (symlinks not followed) and admit every entry by the unpacking rules,
+/// as [`Planner`] does for a ZIP's entries; with `mtimes`, keep each file's mtime.
+fn plan_tree(
+    root: &Path,
+    limits: &Limits,
+    cancel: &CancellationToken,
+    mtimes: bool,
+) -> Result<Vec<Entry>> {
     let mut planner = Planner::new(*limits);
     let mut pending = vec![PathBuf::new()];
     while let Some(rel) = pending.pop() {
@@ -457,13 +417,20 @@ pub fn check_tree(dir: &Path, limits: &Limits, cancel: &CancellationToken) -> Re
             action: "read directory",
             source,
         };
-        let mut children = fs::read_dir(dir.join(&rel))
-            .map_err(failed)?
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(failed)?;
+        let listing = match fs::read_dir(root.join(&rel)) {
+            Err(source) if rel.as_os_str().is_empty() => {
+                return Err(UnpackError::Open {
+                    path: root.to_path_buf(),
+                    source,
+                });
+            }
+            listing => listing.map_err(failed)?,
+        };
+        let mut children = listing.collect::<io::Result<Vec<_>>>().map_err(failed)?;
         children.sort_by_key(fs::DirEntry::file_name);
         for child in children {
             let rel = rel.join(child.file_name());
+            // `DirEntry::metadata` does not follow symlinks.
             let meta = child
                 .metadata()
                 .map_err(|e| io_error(&rel.to_string_lossy(), "stat", e))?;
@@ -478,7 +445,7 @@ pub fn check_tree(dir: &Path, limits: &Limits, cancel: &CancellationToken) -> Re
                     size: meta.len(),
                     index: 0,
                 },
-                Type::Symlink => match fs::read_link(dir.join(&rel)) {
+                Type::Symlink => match fs::read_link(root.join(&rel)) {
                     Ok(target) => Kind::Symlink {
                         target: target.into_os_string().into_vec(),
                     },
@@ -495,22 +462,11 @@ pub fn check_tree(dir: &Path, limits: &Limits, cancel: &CancellationToken) -> Re
                 path,
                 kind,
                 mode: meta.mode() & 0o777,
-                mtime: None,
+                mtime: if mtimes { meta.modified().ok() } else { None },
             })?;
         }
     }
-    let mut summary = Summary::default();
-    for entry in planner.finish()? {
-        match entry.kind {
-            Kind::Dir => summary.dirs += 1,
-            Kind::File { size, .. } => {
-                summary.files += 1;
-                summary.bytes += size;
-            }
-            Kind::Symlink { .. } => summary.symlinks += 1,
-        }
-    }
-    Ok(summary)
+    planner.finish()
 }
 
 /// The longest entry name or symlink target accepted (Linux `PATH_MAX`).
