@@ -227,7 +227,7 @@ fn splay_setting(layers: &Layers) -> Result<Duration, ConfigError> {
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read configuration file {0}: {1}")]
-    Read(PathBuf, #[source] io::Error),
+    Read(PathBuf, io::Error),
     /// `text`: the start of the line only (the rest may be a secret), shown escaped.
     #[error(
         "{file}:{line}: expected `key = value`, found a line without `=` starting with `{text}`"
@@ -265,12 +265,10 @@ pub enum ConfigError {
     NoRemote,
     #[error(transparent)]
     Remote(#[from] RemoteError),
-    #[error("{0}")]
+    #[error(transparent)]
     Schedule(#[from] ScheduleError),
-    #[error("{0} remotes are not supported yet; use an http(s):// ZIP or a local path")]
-    Unsupported(&'static str),
     #[error("cannot determine the current directory: {0}")]
-    Cwd(#[source] io::Error),
+    Cwd(io::Error),
 }
 
 /// Where a raw value came from, for error messages.

@@ -39,22 +39,29 @@ pub enum Outcome {
 #[derive(Debug, Error)]
 pub enum CycleError {
     /// The check or update failed; `current` is unchanged.
+    /// Printed with its whole chain of causes, so it is no `source` (that would print twice).
     #[error("{0:#}")]
-    Failed(#[from] anyhow::Error),
+    Failed(anyhow::Error),
     /// A pre-update hook refused the new version; `current` is unchanged.
-    #[error("update to {version} blocked by a pre-update hook: {source}")]
-    Blocked { version: String, source: HookError },
+    #[error("update to {version} blocked by a pre-update hook: {hook}")]
+    Blocked { version: String, hook: HookError },
     /// A post-update hook failed; the previous release is live again (or, on a first deploy,
     /// `current` was removed).
-    #[error("post-update hook failed for {version}: {source}; {restored}")]
+    #[error("post-update hook failed for {version}: {hook}; {restored}")]
     RolledBack {
         version: String,
-        source: HookError,
+        hook: HookError,
         restored: String,
     },
     /// Stopped by a signal before the switch; `current` is unchanged.
     #[error("interrupted before the switch; current is unchanged")]
     Interrupted,
+}
+
+impl From<anyhow::Error> for CycleError {
+    fn from(e: anyhow::Error) -> Self {
+        CycleError::Failed(e)
+    }
 }
 
 impl CycleError {
@@ -325,7 +332,7 @@ pub async fn go_live(
     {
         return Err(match e {
             HookError::Cancelled { .. } => CycleError::Interrupted,
-            e => CycleError::Blocked { version, source: e },
+            e => CycleError::Blocked { version, hook: e },
         });
     }
     if cancel.is_cancelled() {
@@ -390,7 +397,7 @@ async fn post_hooks(
         Ok(_) => Ok(()),
         Err(e) => Err(CycleError::RolledBack {
             version: env.version.clone(),
-            source: e,
+            hook: e,
             restored: roll_back(activator, settings, env, release, &never).await,
         }),
     };

@@ -95,9 +95,9 @@ fn is_withheld(name: &[u8]) -> bool {
 #[derive(Debug, Error)]
 pub enum HookError {
     #[error("cannot list hook directory {0}: {1}")]
-    List(PathBuf, #[source] io::Error),
-    #[error("hook {name} could not be started: {source}")]
-    Spawn { name: String, source: io::Error },
+    List(PathBuf, io::Error),
+    #[error("hook {name} could not be started: {error}")]
+    Spawn { name: String, error: io::Error },
     #[error("hook {name} failed: {status}")]
     Failed { name: String, status: String },
     #[error(
@@ -185,9 +185,9 @@ async fn run_one(
         .process_group(0)
         .kill_on_drop(true);
     tracing::debug!("running hook {name} ({:?})", env.phase);
-    let mut child = cmd.spawn().map_err(|source| HookError::Spawn {
+    let mut child = cmd.spawn().map_err(|error| HookError::Spawn {
         name: name.clone(),
-        source,
+        error,
     })?;
     let pgid = child
         .id()
@@ -206,7 +206,7 @@ async fn run_one(
         }
     };
     let result = tokio::select! {
-        status = child.wait() => status.map_err(|source| HookError::Spawn { name: name.clone(), source }),
+        status = child.wait() => status.map_err(|error| HookError::Spawn { name: name.clone(), error }),
         () = tokio::time::sleep(timeout) => {
             kill_group();
             let _ = child.wait().await;
@@ -289,6 +289,30 @@ fn emit(name: &str, line: &[u8]) {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    /// An error names its cause in its message, so it must not also be its `source`: a chain
+    /// printed with `{:#}` (as the daemon logs) would show the cause twice.
+    #[test]
+    fn a_cause_is_printed_once_in_a_chain() {
+        let cause = || io::Error::from_raw_os_error(20);
+        let errors = [
+            HookError::List(PathBuf::from("/etc/passwd"), cause()),
+            HookError::Spawn {
+                name: "10-x".into(),
+                error: cause(),
+            },
+        ];
+        for e in errors {
+            let chain = format!("{:#}", anyhow::Error::new(e).context("check failed"));
+            assert_eq!(chain.matches("Not a directory").count(), 1, "{chain}");
+        }
+        let blocked = crate::cycle::CycleError::Blocked {
+            version: "v1".into(),
+            hook: HookError::List(PathBuf::from("/x"), cause()),
+        };
+        let chain = format!("{:#}", anyhow::Error::new(blocked));
+        assert_eq!(chain.matches("Not a directory").count(), 1, "{chain}");
+    }
 
     fn script(dir: &Path, name: &str, body: &str, mode: u32) -> PathBuf {
         let path = dir.join(name);

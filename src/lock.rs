@@ -37,7 +37,7 @@ pub enum LockError {
     #[error("another repo-deploy holds the lock {0}; stop it, or use another --directory")]
     Held(PathBuf),
     #[error("cannot open the lock {0}: {1}")]
-    Io(PathBuf, #[source] io::Error),
+    Io(PathBuf, io::Error),
 }
 
 /// How long a held lock is tried again before [`acquire`] reports it held: far longer than a
