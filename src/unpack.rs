@@ -1243,17 +1243,7 @@ fn umask() -> u32 {
 /// Mode (only when the umask cleared some of its bits at creation: one syscall less per file)
 /// and mtime of a file made by [`create_file`], through the open handle.
 fn finish_file(handle: &File, entry: &Entry) -> Result<()> {
-    if entry.mode & umask() != 0 {
-        handle
-            .set_permissions(Permissions::from_mode(entry.mode))
-            .map_err(|e| io_error(&entry.path, "set permissions", e))?;
-    }
-    if let Some(mtime) = entry.mtime {
-        handle
-            .set_times(FileTimes::new().set_modified(mtime))
-            .map_err(|e| io_error(&entry.path, "set mtime", e))?;
-    }
-    Ok(())
+    set_mode_and_mtime(handle, entry, entry.mode & umask() != 0)
 }
 
 /// Files at least this large have their writeback started as soon as they are written.
@@ -1273,9 +1263,16 @@ pub(crate) fn start_writeback(handle: &File, written: u64) {
 
 /// Mode and mtime through the open handle, so no path is followed.
 fn set_attributes(handle: &File, entry: &Entry) -> Result<()> {
-    handle
-        .set_permissions(Permissions::from_mode(entry.mode))
-        .map_err(|e| io_error(&entry.path, "set permissions", e))?;
+    set_mode_and_mtime(handle, entry, true)
+}
+
+/// The mode (when `chmod`) and the mtime of `entry`, through its open handle.
+fn set_mode_and_mtime(handle: &File, entry: &Entry, chmod: bool) -> Result<()> {
+    if chmod {
+        handle
+            .set_permissions(Permissions::from_mode(entry.mode))
+            .map_err(|e| io_error(&entry.path, "set permissions", e))?;
+    }
     if let Some(mtime) = entry.mtime {
         handle
             .set_times(FileTimes::new().set_modified(mtime))
