@@ -394,7 +394,9 @@ impl Reuse for Reuser<'_> {
         }
         let out = unpack::create_file(dest, file.path, file.mode)?;
         clone_or_copy(&src, &out, file.size)?;
-        out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(file.mode))?;
+        if unpack::umask_clears(file.mode) {
+            out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(file.mode))?;
+        }
         if let Some(mtime) = file.mtime {
             out.set_times(fs::FileTimes::new().set_modified(mtime))?;
         }

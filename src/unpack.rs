@@ -47,6 +47,8 @@ pub struct Summary {
     pub symlinks: u64,
     /// Bytes written to regular files.
     pub bytes: u64,
+    /// Regular files of `files` taken from an earlier release instead of the archive.
+    pub reused: u64,
 }
 
 /// Why an archive or tree was refused. Entry paths are shown quoted, control characters escaped.
@@ -1051,11 +1053,24 @@ struct Job<'a> {
     max_bytes: u64,
     next: AtomicUsize,
     total: AtomicU64,
+    reused: AtomicU64,
     stop: AtomicBool,
     first_error: Mutex<Option<UnpackError>>,
 }
 
-impl Job<'_> {
+impl<'a> Job<'a> {
+    fn new(cancel: &'a CancellationToken, max_bytes: u64) -> Job<'a> {
+        Job {
+            cancel,
+            max_bytes,
+            next: AtomicUsize::new(0),
+            total: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            first_error: Mutex::new(None),
+        }
+    }
+
     /// Accounts `n` more bytes; also the point where workers notice a stop or a cancellation.
     fn charge(&self, path: &str, n: u64) -> Result<()> {
         if self.stop.load(Ordering::Acquire) || self.cancel.is_cancelled() {
@@ -1101,6 +1116,7 @@ impl Job<'_> {
     ) -> Result<()> {
         self.charge(&entry.path, 0)?;
         if contents.reused(entry, dest)? {
+            self.reused.fetch_add(1, Ordering::Relaxed);
             let Kind::File { size, .. } = entry.kind else {
                 return Ok(());
             };
@@ -1139,14 +1155,7 @@ fn build(
         created.map_err(|e| io_error(&dir.path, "create directory", e))?;
     }
 
-    let job = Job {
-        cancel,
-        max_bytes: limits.max_bytes,
-        next: AtomicUsize::new(0),
-        total: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-        first_error: Mutex::new(None),
-    };
+    let job = Job::new(cancel, limits.max_bytes);
     crate::progress::start("unpack", Some(files.len() as u64), false);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|scope| {
@@ -1202,6 +1211,7 @@ fn build(
         dirs,
         symlinks,
         bytes: job.total.into_inner(),
+        reused: job.reused.into_inner(),
     };
     tracing::debug!(?summary, dest = %dest.display(), "unpacked release");
     Ok(summary)
@@ -1240,10 +1250,16 @@ fn umask() -> u32 {
     })
 }
 
-/// Mode (only when the umask cleared some of its bits at creation: one syscall less per file)
-/// and mtime of a file made by [`create_file`], through the open handle.
+/// Whether a file made by [`create_file`] with `mode` lacks some of its bits (cleared by the
+/// umask), so that they must be set with `fchmod`: otherwise one syscall less per file.
+pub(crate) fn umask_clears(mode: u32) -> bool {
+    mode & umask() != 0
+}
+
+/// Mode (only when [`umask_clears`] it) and mtime of a file made by [`create_file`], through
+/// the open handle.
 fn finish_file(handle: &File, entry: &Entry) -> Result<()> {
-    set_mode_and_mtime(handle, entry, entry.mode & umask() != 0)
+    set_mode_and_mtime(handle, entry, umask_clears(entry.mode))
 }
 
 /// Files at least this large have their writeback started as soon as they are written.
@@ -1608,7 +1624,8 @@ mod tests {
                 files: 3,
                 dirs: 3,
                 symlinks: 1,
-                bytes: 10_005
+                bytes: 10_005,
+                reused: 0
             }
         );
         let dest = fixture.path("dest");
@@ -1925,14 +1942,7 @@ mod tests {
         assert_is(&copied.unwrap_err(), "LargerThanDeclared", "10 bytes");
         assert!(out.len() <= 10);
         let cancel = CancellationToken::new();
-        let job = Job {
-            cancel: &cancel,
-            max_bytes: 4,
-            next: AtomicUsize::new(0),
-            total: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
-            first_error: Mutex::new(None),
-        };
+        let job = Job::new(&cancel, 4);
         let mut charge = |n| job.charge("f", n);
         let mut reader = Cursor::new(vec![1; 10]);
         let copied = copy_counted(&mut reader, &mut out, "f", 10, None, &mut buf, &mut charge);
@@ -2019,7 +2029,8 @@ mod tests {
                 files: 2,
                 dirs: 2,
                 symlinks: 1,
-                bytes: 300_010
+                bytes: 300_010,
+                reused: 0
             }
         );
         let dest = fixture.path("dest");

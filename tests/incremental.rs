@@ -212,6 +212,13 @@ fn a_one_file_update_over_http_downloads_a_small_fraction_and_equals_a_full_unpa
         "{}",
         out.stderr
     );
+    let unchanged = BIG + SMALL; // every file but the changed one
+    assert!(
+        out.stderr
+            .contains(&format!("({unchanged} taken from the live release)")),
+        "{}",
+        out.stderr
+    );
     let new = env.live_release();
     assert_ne!(new, old);
     assert_same(
@@ -309,7 +316,16 @@ fn a_local_zip_update_takes_unchanged_files_from_the_live_release() {
     let v2 = zip_of(&one_changed(100));
     write_atomic(&zip, &v2);
 
-    env.fetch(zip.to_str().expect("utf8")).expect_code(0);
+    let out = env.fetch(zip.to_str().expect("utf8"));
+
+    out.expect_code(0);
+    let unchanged = BIG + SMALL; // every file but the changed one
+    assert!(
+        out.stderr
+            .contains(&format!("({unchanged} taken from the live release)")),
+        "{}",
+        out.stderr
+    );
 
     assert_same(
         &snapshot(&env.live_release()),
@@ -322,6 +338,74 @@ fn a_local_zip_update_takes_unchanged_files_from_the_live_release() {
         "the old release",
     );
     env.assert_clean();
+}
+
+#[test]
+fn a_restrictive_umask_does_not_change_the_modes_of_new_or_reused_files() {
+    // Under umask 077 a file created with mode 0666 gets 0600: the agent must set the
+    // archive's bits, both on files it unpacks and on files it copies from the live release.
+    let env = Env::new();
+    let zip = env.root.join("app.zip");
+    let files = |changed: &str| {
+        vec![
+            ("shared.txt", "same in both versions\n".to_string(), 0o666),
+            ("run.sh", "#!/bin/sh\necho hi\n".to_string(), 0o777),
+            ("group.txt", "group readable\n".to_string(), 0o640),
+            ("other.txt", "odd bits\n".to_string(), 0o604),
+            ("changed.txt", changed.to_string(), 0o664),
+        ]
+    };
+    let zip_of = |files: &[(&str, String, u32)]| {
+        let files: Vec<(&str, &str, u32)> =
+            files.iter().map(|(n, c, m)| (*n, c.as_str(), *m)).collect();
+        zip_files(&zip, &files)
+    };
+    let modes = |dir: &Path| -> BTreeMap<String, u32> {
+        tree(dir)
+            .into_iter()
+            .filter_map(|(path, node)| match node {
+                Node::File(_, mode) => Some((path, mode)),
+                _ => None,
+            })
+            .collect()
+    };
+    let expected: BTreeMap<String, u32> = files("")
+        .iter()
+        .map(|(n, _, m)| (n.to_string(), *m))
+        .collect();
+    let remote = zip.to_str().expect("utf8").to_string();
+
+    zip_of(&files("v1\n"));
+    env.cmd()
+        .args(["-f", "-r", &remote])
+        .umask(0o077)
+        .run()
+        .expect_code(0);
+    let old = env.live_release();
+    assert_eq!(modes(&old), expected, "a first deploy under umask 077");
+
+    zip_of(&files("v2\n"));
+    let out = env
+        .cmd()
+        .args(["-f", "-r", &remote, "-v"])
+        .umask(0o077)
+        .run();
+    out.expect_code(0);
+    let new = env.live_release();
+    assert_ne!(new, old);
+    assert!(
+        out.stderr.contains("(4 taken from the live release)"),
+        "the four unchanged files were copied from v1: {}",
+        out.stderr
+    );
+    assert_eq!(modes(&new), expected, "an update under umask 077");
+    let ino = |dir: &Path| fs::metadata(dir.join("shared.txt")).expect("stat").ino();
+    assert_ne!(ino(&new), ino(&old), "copied, not linked");
+    assert_eq!(
+        fs::read(new.join("shared.txt")).expect("read"),
+        b"same in both versions\n"
+    );
+    assert_eq!(modes(&old), expected, "the old release keeps its modes");
 }
 
 /// v1 (big) with one extra entry appended by `extra`: big enough to go through the ranged

@@ -91,6 +91,7 @@ impl Env {
             config: Some(self.cfg.clone()),
             deploy: self.deploy.clone(),
             hook_flags: true,
+            umask: None,
         }
     }
 
@@ -366,6 +367,7 @@ pub struct Cmd<'a> {
     config: Option<PathBuf>,
     deploy: PathBuf,
     hook_flags: bool,
+    umask: Option<libc::mode_t>,
 }
 
 impl Cmd<'_> {
@@ -406,8 +408,24 @@ impl Cmd<'_> {
         self
     }
 
+    /// Run the agent with this umask instead of the test's.
+    pub fn umask(mut self, mask: libc::mode_t) -> Self {
+        self.umask = Some(mask);
+        self
+    }
+
     fn command(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_repo-deploy"));
+        if let Some(mask) = self.umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: umask(2) is async-signal-safe and touches nothing but the child's mask.
+            unsafe {
+                c.pre_exec(move || {
+                    libc::umask(mask);
+                    Ok(())
+                });
+            }
+        }
         if let Some(cfg) = &self.config {
             c.arg("-c").arg(cfg);
         }
