@@ -86,15 +86,36 @@ pub fn recover(settings: &Settings) -> anyhow::Result<()> {
     activator
         .recover()
         .with_context(|| format!("cannot recover {}", settings.local.display()))?;
+    let live = activator.live();
     // In exchange mode the live release is `current`, not under releases/: keep its manifest.
-    let live = activator.live().ok().flatten().map(|l| l.name);
-    if let Err(e) = crate::incremental::sweep(&releases, live.as_deref()) {
+    let live_name = live
+        .as_ref()
+        .ok()
+        .and_then(|l| l.as_ref())
+        .map(|l| l.name.as_str());
+    if let Err(e) = crate::incremental::sweep(&releases, live_name) {
         tracing::warn!("cannot clean {}: {e}", releases.manifests().display());
     }
     crate::source::sweep_cache(&settings.cache)
         .with_context(|| format!("cannot clean {}", settings.cache.display()))?;
     State::sweep(&settings.directory)
         .with_context(|| format!("cannot clean {}", settings.directory.display()))?;
+    // Step 7 again: a kill after the post-update hooks but before the retention, or a lower
+    // `keep`, left releases too many. The newest other release stays (`keep` is at least 2):
+    // the one before the live one. With post-update hooks pending, the first check runs them
+    // (and may roll back) and prunes after them; with `current` unreadable, nothing is pruned.
+    if let Ok(live) = live
+        && PendingPost::load(&settings.directory).is_none()
+    {
+        let live = live.map(|l| releases.root().join(l.name));
+        let protect: Vec<&Path> = live.iter().map(PathBuf::as_path).collect();
+        retain(
+            settings,
+            &releases,
+            &mut State::load(&settings.directory),
+            &protect,
+        );
+    }
     Ok(())
 }
 
@@ -231,8 +252,12 @@ pub async fn check(
         .with_context(|| format!("cannot publish the release of {version}"))?;
     let (stamp, sha256) = (artifact.stamp.clone(), artifact.sha256.clone());
     drop(artifact);
+    let reused = match summary.reused {
+        0 => String::new(),
+        n => format!(" ({n} taken from the live release)"),
+    };
     tracing::info!(
-        "unpacked {} files, {} bytes into {} in {:.3}s",
+        "unpacked {} files{reused}, {} bytes into {} in {:.3}s",
         summary.files,
         summary.bytes,
         release.display(),

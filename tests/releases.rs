@@ -87,3 +87,41 @@ fn rollback_target_survives_retention() {
     assert!(env.releases().len() <= 2, "keep = 2: {:?}", env.releases());
     env.assert_clean();
 }
+
+#[test]
+fn a_lower_keep_prunes_at_the_next_start_without_a_deploy() {
+    // Also what the next start does after a kill between the post-update hooks and the
+    // retention: the releases beyond `keep` go, never the live one or the one before it.
+    let env = Env::new();
+    let lives: Vec<_> = ["v1", "v2", "v3", "v4"]
+        .into_iter()
+        .map(|v| deploy_version(&env, v))
+        .collect();
+    let remote = env.root.join("app.zip");
+    let remote = remote.to_str().expect("utf8");
+    env.run(&["-r", remote, "rollback"]).expect_code(0);
+    assert_eq!(
+        env.live_release(),
+        lives[2],
+        "v3 is live, v4 was live before it"
+    );
+    env.config("keep = 2\n");
+
+    let out = env.fetch(remote);
+
+    out.expect_code(0);
+    assert!(
+        out.stderr.contains("removed old releases"),
+        "{}",
+        out.stderr
+    );
+    let mut expected = vec![lives[2].clone(), lives[3].clone()];
+    expected.sort();
+    assert_eq!(
+        env.releases(),
+        expected,
+        "the live v3 and v4, live before it"
+    );
+    assert_eq!(env.live_release(), lives[2]);
+    env.assert_clean();
+}
