@@ -11,12 +11,19 @@ compare a build with the one before a change (docs/BENCHMARKS.md):
     bench/ab.py --work /tmp/bench-fs/work 7 old='RD /tmp/rd-old' new='RD target/release/repo-deploy' \\
         raw='tar -cf - -C TREE . | tar -xf - -C DEST && sync -f DEST'
 
+With `--update 1file` (or `1pct`), each `RD` contender first deploys the bundle untimed, then
+the timed run is the update to that variant (a local ZIP replaced by rename), with
+`--reuse copy|hardlink|off`:
+
+    bench/ab.py --update 1file --reuse copy 7 old='RD /tmp/rd-old' new='RD target/release/repo-deploy'
+
 Round 0 warms the page cache and is not counted; the order rotates every round; outputs are
 deleted between runs, outside the timing. Use a fresh filesystem for WORK (scratch-fs.sh).
 """
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,6 +35,8 @@ def main():
     ap.add_argument("--size", default="medium")
     ap.add_argument("--work", default="/tmp/bench-fs/work")
     ap.add_argument("--data", default="/tmp/bench-data")
+    ap.add_argument("--update", choices=["1file", "1pct"])
+    ap.add_argument("--reuse", default="copy", choices=["copy", "hardlink", "off"])
     ap.add_argument("runs", type=int)
     ap.add_argument("contenders", nargs="+")
     a = ap.parse_args()
@@ -35,7 +44,8 @@ def main():
     tree = os.path.join(a.data, f"{a.size}.tree")
     os.makedirs(os.path.join(a.work, "hooks"), exist_ok=True)
     cfg = os.path.join(a.work, "empty.cfg")
-    open(cfg, "w").close()
+    with open(cfg, "w") as f:
+        f.write(f"reuse = {a.reuse}\n" if a.update else "")
     contenders = []
     for arg in a.contenders:
         name, spec = arg.split("=", 1)
@@ -52,8 +62,22 @@ def main():
             os.makedirs(dest)
             subprocess.run(["sync", "-f", a.work], check=True)
             if words[0] == "RD":
+                remote = zip_path
+                if a.update:
+                    # The remote is a copy, replaced by rename as an operator would.
+                    remote = dest + ".zip"
+                    shutil.copyfile(zip_path, remote)
                 argv = [words[1], "-c", cfg, "-d", dest, "--pre-hooks", a.work + "/hooks",
-                        "--post-hooks", a.work + "/hooks", "-f", "-r", zip_path]
+                        "--post-hooks", a.work + "/hooks", "-f", "-r", remote]
+                if a.update:
+                    subprocess.run(argv, env={**os.environ, **env}, check=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    variant = os.path.join(a.data, f"{a.size}-v2-{a.update}.zip")
+                    shutil.copyfile(variant, remote + ".new")
+                    os.rename(remote + ".new", remote)
+                    subprocess.run(["sync", "-f", a.work], check=True)
+            elif a.update:
+                sys.exit(f"{name}: --update times repo-deploy contenders (RD) only")
             else:
                 script = " ".join(words).replace("ZIP", zip_path).replace("TREE", tree)
                 argv = ["bash", "-c", script.replace("DEST", dest)]
@@ -65,7 +89,7 @@ def main():
                 sys.exit(f"{name} failed: {done.stderr.decode(errors='replace')[-2000:]}")
             if rnd:
                 walls[name].append(wall)
-            subprocess.run(["rm", "-rf", dest], check=True)
+            subprocess.run(["rm", "-rf", dest, dest + ".zip"], check=True)
     for name, runs in walls.items():
         print(f"{name:12s} min {min(runs):.3f} s  median {statistics.median(runs):.3f} s  "
               f"runs {' '.join(f'{x:.3f}' for x in runs)}")
