@@ -355,7 +355,8 @@ http {{
 
         wait_for(1)
         rss = {"1": status("VmRSS")}
-        mark = self.log_mark() if hasattr(self, "ngx") else 0
+        mark = self.log_mark() if remote.startswith("http") else 0
+        s3_mark = len(self.s3_requests()) if remote.startswith("s3") else 0
         t0, c0 = time.perf_counter(), cpu_ticks()
         for i in range(1, checks + 1):
             os.kill(p.pid, signal.SIGUSR1)
@@ -374,10 +375,68 @@ http {{
             out["requests_per_check"] = len(lines) / checks
             out["body_bytes"] = sum(l["body"] for l in lines)
             out["statuses"] = sorted({l["status"] for l in lines})
+        if remote.startswith("s3"):
+            lines = self.s3_requests()[s3_mark:]
+            out["requests_per_check"] = len(lines) / checks
+            # moto logs no body sizes: a 304 has none by definition.
+            out["body_bytes"] = 0 if all(st == 304 for _, st in lines) else "n/a"
+            out["statuses"] = sorted({st for _, st in lines})
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=30)
         rmtree(d)
         self.results.setdefault("daemon", {})[label] = out
+
+    def daemon_s3(self, checks):
+        """The same measurement against an S3 object served by moto (a real S3 API with
+        SigV4 checks, as in the tests); requests counted from moto's request log."""
+        moto = shutil.which("moto_server")
+        try:
+            import boto3
+        except ImportError:
+            boto3 = None
+        if not moto or not boto3:
+            log("bench: moto_server or boto3 missing (pip install 'moto[server]'): no S3 daemon figures")
+            return
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        logf = tempfile.NamedTemporaryFile(prefix="bench-moto-", suffix=".log", delete=False)
+        server = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=logf, stderr=subprocess.STDOUT)
+        endpoint = f"http://127.0.0.1:{port}"
+        keys = dict(aws_access_key_id="bench", aws_secret_access_key="bench-secret")
+        saved = dict(self.env)
+        try:
+            client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys)
+            for _ in range(100):
+                try:
+                    client.create_bucket(Bucket="bench-app")
+                    break
+                except Exception:  # not listening yet
+                    time.sleep(0.1)
+            client.upload_file(self.zip["v1"], "bench-app", "app.zip")
+            self.env.update(REPO_DEPLOY_S3_ENDPOINT=endpoint, REPO_DEPLOY_AWS_REGION="us-east-1",
+                            REPO_DEPLOY_AWS_ACCESS_KEY=keys["aws_access_key_id"],
+                            REPO_DEPLOY_AWS_SECRET_KEY=keys["aws_secret_access_key"])
+            self.s3_log = logf.name
+            self.daemon("s3://bench-app/app.zip", "s3", checks)
+        finally:
+            self.env = saved
+            self.s3_log = None
+            server.terminate()
+            server.wait(timeout=30)
+            os.unlink(logf.name)
+
+    def s3_requests(self):
+        """The object requests in moto's log so far: (method, status) each."""
+        out = []
+        with open(self.s3_log, errors="replace") as f:
+            for line in f:
+                m = re.search(r'"(GET|HEAD) /bench-app/app\.zip[^"]*" (\d{3})', line)
+                if m:
+                    out.append((m.group(1), int(m.group(2))))
+        return out
 
     # ------------------------------------------------------------------ all of it
     def run(self, only):
@@ -398,6 +457,8 @@ http {{
                     self.daemon(self.zip["v1"], "local zip", self.a.checks)
             finally:
                 self.stop_nginx()
+        if "daemon" in only:
+            self.daemon_s3(self.a.checks)
         self.results["switch_us"] = dict(median=median(self.switch_us),
                                          max=max(self.switch_us, default=0),
                                          n=len(self.switch_us))

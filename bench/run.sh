@@ -16,7 +16,8 @@
 #     followed by `sync -f` (one filesystem, the guarantee repo-deploy's syncfs gives); peak
 #     RSS; incremental updates (one-file and 1% variants) locally and over HTTP from a local
 #     nginx, per `reuse` mode, with the bytes nginx sent; 1,000 unchanged checks of a running
-#     daemon (CPU and RSS); the switch time. It prints tables of medians and ratios and writes
+#     daemon (CPU and RSS) for an HTTP, a local and (with moto_server) an S3 remote; the
+#     switch time. It prints tables of medians and ratios and writes
 #     them as JSON to $BENCH_RESULTS (default /tmp/bench-results).
 #
 # Environment: RUNS (timed rounds per measurement, default 5; 3 for large), CHECKS (unchanged
