@@ -148,6 +148,13 @@ fn assert_same(
     assert!(differ.is_empty(), "{what}: these paths differ: {differ:?}");
 }
 
+/// The update took `n` files from the live release, by its own log.
+#[track_caller]
+fn assert_reused(out: &Output, n: usize) {
+    let said = format!("({n} taken from the live release)");
+    assert!(out.stderr.contains(&said), "{said}: {}", out.stderr);
+}
+
 /// The release `reuse = off` makes of `bytes` over a fresh deploy directory: the reference.
 fn full_unpack(bytes: &[u8]) -> BTreeMap<String, (Node, i64)> {
     let env = Env::new();
@@ -212,13 +219,7 @@ fn a_one_file_update_over_http_downloads_a_small_fraction_and_equals_a_full_unpa
         "{}",
         out.stderr
     );
-    let unchanged = BIG + SMALL; // every file but the changed one
-    assert!(
-        out.stderr
-            .contains(&format!("({unchanged} taken from the live release)")),
-        "{}",
-        out.stderr
-    );
+    assert_reused(&out, BIG + SMALL); // every file but the changed one
     let new = env.live_release();
     assert_ne!(new, old);
     assert_same(
@@ -319,13 +320,7 @@ fn a_local_zip_update_takes_unchanged_files_from_the_live_release() {
     let out = env.fetch(zip.to_str().expect("utf8"));
 
     out.expect_code(0);
-    let unchanged = BIG + SMALL; // every file but the changed one
-    assert!(
-        out.stderr
-            .contains(&format!("({unchanged} taken from the live release)")),
-        "{}",
-        out.stderr
-    );
+    assert_reused(&out, BIG + SMALL); // every file but the changed one
 
     assert_same(
         &snapshot(&env.live_release()),
@@ -393,11 +388,7 @@ fn a_restrictive_umask_does_not_change_the_modes_of_new_or_reused_files() {
     out.expect_code(0);
     let new = env.live_release();
     assert_ne!(new, old);
-    assert!(
-        out.stderr.contains("(4 taken from the live release)"),
-        "the four unchanged files were copied from v1: {}",
-        out.stderr
-    );
+    assert_reused(&out, 4); // the four unchanged files, copied from v1
     assert_eq!(modes(&new), expected, "an update under umask 077");
     let ino = |dir: &Path| fs::metadata(dir.join("shared.txt")).expect("stat").ino();
     assert_ne!(ino(&new), ino(&old), "copied, not linked");
