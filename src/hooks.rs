@@ -448,11 +448,16 @@ mod tests {
             .parse()
             .expect("number");
         // The grandchild was killed with the group; it may linger only as a zombie of init.
-        let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        assert!(
-            state.is_empty() || state.contains(") Z"),
-            "grandchild still running: {state}"
-        );
+        // SIGKILL is delivered asynchronously: a process on its way out still shows `R` for a
+        // moment, so allow it a few seconds to die (an unkilled `sleep 300` never would).
+        let stat = || fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let dead = |state: &str| state.is_empty() || state.contains(") Z");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !dead(&stat()) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let state = stat();
+        assert!(dead(&state), "grandchild still running: {state}");
     }
 
     #[tokio::test]
