@@ -6,6 +6,7 @@
 
 pub mod activate;
 pub mod cli;
+pub mod cmdline;
 pub mod commands;
 pub mod config;
 pub mod cycle;

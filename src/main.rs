@@ -9,7 +9,7 @@ use clap::Parser;
 use repo_deploy::cli::{Cli, Command};
 use repo_deploy::config::Settings;
 use repo_deploy::exit::Exit;
-use repo_deploy::{commands, daemon, logging, progress};
+use repo_deploy::{cmdline, commands, daemon, logging, progress};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -30,8 +30,15 @@ fn main() -> ExitCode {
             Exit::Usage
         }
         Ok(settings) => {
-            for secret in settings.secrets() {
-                logging::register_secret(&secret);
+            let secrets = settings.secrets();
+            for secret in &secrets {
+                logging::register_secret(secret);
+            }
+            // Before any thread starts, and after the one `env::args()` (clap's, above).
+            if let Err(e) = cmdline::hide(&secrets) {
+                tracing::warn!(
+                    "cannot hide the credentials given on the command line from ps: {e}"
+                );
             }
             match &cli.command {
                 Some(Command::CheckConfig) => {

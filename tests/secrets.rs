@@ -9,8 +9,9 @@
 //! while a hook holds the agent in the middle of an update.
 //!
 //! Secrets are given the way the README recommends, in the configuration file and the
-//! environment: a secret typed on the command line (`-r https://user:pass@…`) is in the agent's
-//! `/proc/<pid>/cmdline` for every local user to read, which no program can fully prevent.
+//! environment. A secret typed on the command line (`-r https://user:pass@…`) is blanked out of
+//! the agent's `/proc/<pid>/cmdline` once parsed (the last test), but was readable by every
+//! local user until then, which no program can prevent.
 //!
 //! S3 runs against a scripted endpoint on loopback that refuses the request and echoes the keys
 //! in its error message (the real moto server is tests/s3.rs's). Git runs over smart HTTP
@@ -470,4 +471,50 @@ fn git_over_http_with_credentials_never_leaks() {
     // (whose repository configuration must not keep the credentials).
     assert_tree_clean(&world.out);
     assert_tree_clean(&world.deploy);
+}
+
+#[test]
+fn credentials_given_with_r_are_hidden_from_the_agents_command_line() {
+    // The README recommends the configuration file; an operator who types the password on the
+    // command line anyway gets it blanked out of `ps` once the arguments are parsed (what `ps`
+    // saw before that instant cannot be taken back). The credentials still work afterwards,
+    // a SIGHUP reload included: the agent parsed them before hiding them.
+    let env = Env::new();
+    let nginx = Nginx::start(&env.root, &[(URL_USER, URL_PASS)]);
+    nginx.publish_zip("private/app.zip", &[file("version.txt", "v1\n", 0o644)]);
+    let remote = format!(
+        "{}?token={QUERY_TOKEN}",
+        nginx.url_with_auth(URL_USER, URL_PASS, "private/app.zip")
+    );
+    let version = |env: &Env| {
+        env.live()
+            .and_then(|live| fs::read_to_string(live.join("version.txt")).ok())
+    };
+    let mut daemon = env.cmd().args(["-r", &remote]).spawn();
+    daemon.wait_for("the first deploy", || {
+        version(&env).as_deref() == Some("v1\n")
+    });
+
+    let cmdline = fs::read(format!("/proc/{}/cmdline", daemon.pid())).expect("cmdline");
+    for secret in [URL_PASS, QUERY_TOKEN] {
+        assert!(
+            !contains_bytes(&cmdline, secret.as_bytes()),
+            "{secret} in {}",
+            String::from_utf8_lossy(&cmdline)
+        );
+    }
+    let blanked = format!("{URL_USER}:{}@127.0.0.1", "*".repeat(URL_PASS.len()));
+    assert!(
+        contains_bytes(&cmdline, blanked.as_bytes()),
+        "the rest of the command line is as it was: {}",
+        String::from_utf8_lossy(&cmdline)
+    );
+
+    nginx.publish_zip("private/app.zip", &[file("version.txt", "v2\n", 0o644)]);
+    daemon.signal(libc::SIGHUP);
+    daemon.signal_until(libc::SIGUSR1, "v2 deployed after a reload", || {
+        version(&env).as_deref() == Some("v2\n")
+    });
+    let output = daemon.stderr() + &daemon.stdout();
+    assert_no_secret("the daemon's output", output.as_bytes());
 }
