@@ -3,7 +3,7 @@
 # update (start, download, unpack, durability, pre-update hook, switch, post-update hook,
 # retention). After each kill `current` must name a complete release (every file compared
 # with its archive) and the next run must remove every leftover and converge. Run by hand,
-# not in CI; it drives the ignored test `crash_soak` of tests/crash.rs.
+# not in CI; it drives the ignored test `crash_soak` of tests/it/crash.rs.
 #
 #   bench/crash-soak.sh [--kills N] [--seed S] [--release] [--on-disk]
 #
@@ -34,5 +34,5 @@ done
 export CRASH_KILLS=$kills
 
 started=$(date +%s)
-cargo test "${profile[@]}" --test crash -- --ignored --exact crash_soak --nocapture
+cargo test "${profile[@]}" --test it -- --ignored --exact crash::crash_soak --nocapture
 echo "crash-soak: $kills kills passed in $(( $(date +%s) - started ))s (build included)"

@@ -6,7 +6,7 @@
 //!
 //! Almost never: a hook that the killed agent was spawning holds a copy of the lock's file
 //! descriptor from `fork` until its `exec` closes it, some milliseconds on a loaded machine
-//! (tests/crash.rs caught a restart in that window exiting 5). So a held lock is tried again
+//! (tests/it/crash.rs caught a restart in that window exiting 5). So a held lock is tried again
 //! for [`GRACE`] before a start gives up.
 
 use std::fs::{self, File, OpenOptions};

@@ -1,0 +1,36 @@
+//! The integration tests: one binary (as cargo and ripgrep do), a module per concern. Each
+//! module runs the real `repo-deploy` binary against real servers on loopback; the harness
+//! they share lives in `common` (and `git_support` for git servers).
+
+// Not every test module uses every helper of the harness.
+#[allow(dead_code)]
+mod common;
+#[allow(dead_code)]
+mod git_support;
+
+mod activation;
+mod archive;
+mod bad_config;
+mod commands;
+mod config;
+mod crash;
+mod daemon;
+mod disk;
+mod faults;
+mod fuzz_unpack;
+mod git;
+mod hooks;
+mod hooks_edge;
+mod hostile;
+mod http;
+mod incremental;
+mod local;
+mod lock;
+mod packaging;
+mod progress;
+mod recovery;
+mod releases;
+mod s3;
+mod secrets;
+mod signals;
+mod telemetry;
