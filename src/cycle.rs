@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::activate::{Activator, Switched};
 use crate::config::Settings;
+use crate::events::Event;
 use crate::exit::Exit;
 use crate::hooks::{self, HookEnv, HookError, Phase};
 use crate::releases::Releases;
@@ -172,7 +173,10 @@ pub async fn check(
             });
         }
         Ok(Fetched::New(artifact)) => {
-            crate::telemetry::fetched(&artifact, fetch_started.elapsed());
+            crate::events::emit(Event::Fetched {
+                took: fetch_started.elapsed(),
+                bytes: artifact.zip_size(),
+            });
             artifact
         }
         Err(_) if cancel.is_cancelled() => return Err(CycleError::Interrupted),
@@ -552,5 +556,20 @@ fn forget(state: &mut State, name: &str, dir: &Path) {
     state.releases.remove(name);
     if let Err(e) = state.save(dir) {
         tracing::warn!("cannot write {}: {e}", State::path(dir).display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blocking_hooks_cause_is_printed_once() {
+        let blocked = CycleError::Blocked {
+            version: "v1".into(),
+            hook: HookError::List(PathBuf::from("/x"), std::io::Error::from_raw_os_error(20)),
+        };
+        let chain = format!("{:#}", anyhow::Error::new(blocked));
+        assert_eq!(chain.matches("Not a directory").count(), 1, "{chain}");
     }
 }

@@ -4,10 +4,9 @@
 //! All of it is held by one [`Telemetry`] value that the daemon creates and owns; nothing is
 //! registered globally, so two daemons in one test process keep apart. The daemon tells it
 //! each check's result ([`Telemetry::checked`]). What only the check itself sees (how long a
-//! download took, how each hook ended) is reported through [`fetched`] and [`hook_ran`],
-//! which reach the daemon's `Telemetry` through a task-local set around the check by
-//! [`Telemetry::observe`]: the cycle and the hooks stay free of a metrics parameter, and
-//! outside a daemon's check (`-f`, `rollback`, unit tests) those calls do nothing.
+//! download took, how each hook ended) arrives as [`events`](crate::events), which the cycle
+//! and the hooks emit without knowing who listens: [`Telemetry::observe`] makes the
+//! daemon's telemetry their observer for the length of one check.
 //!
 //! The HTTP listener is opt-in (`listen = 127.0.0.1:9469`) and serves three routes:
 //! - `GET /metrics`: the Prometheus text format (0.0.4), through `prometheus-client`;
@@ -27,7 +26,6 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -54,9 +52,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::Settings;
 use crate::cycle::{CycleError, Outcome};
-use crate::hooks::{HookError, Phase};
+use crate::events::{Event, HookOutcome, HookPhase, Sink};
 use crate::schedule::Schedule;
-use crate::source::{Artifact, Content};
 use crate::systemd;
 
 /// Connections served at once; more wait in the kernel's backlog.
@@ -70,43 +67,42 @@ const DURATION_BUCKETS: [f64; 13] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
-tokio::task_local! {
-    /// The daemon's telemetry, set around each check by [`Telemetry::observe`].
-    static CHECK: Arc<Shared>;
-}
-
-/// A fetch returned new content: record how long it took and how many bytes it brought (a
-/// ZIP's size; a directory remote counts no bytes). Does nothing outside a daemon's check.
-pub fn fetched(artifact: &Artifact, took: Duration) {
-    let _ = CHECK.try_with(|shared| {
-        shared.metrics.download_duration.observe(took.as_secs_f64());
-        if let Content::Zip(zip) = &artifact.content
-            && let Ok(meta) = std::fs::metadata(zip)
-        {
-            shared.metrics.downloaded_bytes.inc_by(meta.len());
+/// The events of a check, counted in the metrics.
+impl Sink for Shared {
+    fn event(&self, event: &Event<'_>) {
+        match *event {
+            Event::Fetched { took, bytes } => {
+                self.metrics.download_duration.observe(took.as_secs_f64());
+                if let Some(bytes) = bytes {
+                    self.metrics.downloaded_bytes.inc_by(bytes);
+                }
+            }
+            Event::HookRan {
+                hook,
+                phase,
+                outcome,
+            } => {
+                let labels = HookLabels {
+                    hook: hook.file_name().map_or_else(
+                        || hook.display().to_string(),
+                        |n| n.to_string_lossy().into_owned(),
+                    ),
+                    phase: match phase {
+                        HookPhase::Pre => "pre",
+                        HookPhase::Post => "post",
+                    },
+                    result: match outcome {
+                        HookOutcome::Success => "success",
+                        HookOutcome::Failed => "failed",
+                        HookOutcome::TimedOut => "timeout",
+                        HookOutcome::Cancelled => "cancelled",
+                        HookOutcome::Error => "error",
+                    },
+                };
+                self.metrics.hook_runs.get_or_create(&labels).inc();
+            }
         }
-    });
-}
-
-/// A hook ended: count it by name, phase and result. Does nothing outside a daemon's check.
-pub fn hook_ran(hook: &Path, phase: Phase, result: &Result<(), HookError>) {
-    let _ = CHECK.try_with(|shared| {
-        let labels = HookLabels {
-            hook: hook.file_name().map_or_else(
-                || hook.display().to_string(),
-                |n| n.to_string_lossy().into_owned(),
-            ),
-            phase: if phase == Phase::Pre { "pre" } else { "post" },
-            result: match result {
-                Ok(()) => "success",
-                Err(HookError::Failed { .. }) => "failed",
-                Err(HookError::TimedOut { .. }) => "timeout",
-                Err(HookError::Cancelled { .. }) => "cancelled",
-                Err(HookError::Spawn { .. } | HookError::List(..)) => "error",
-            },
-        };
-        shared.metrics.hook_runs.get_or_create(&labels).inc();
-    });
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -439,10 +435,10 @@ impl Telemetry {
         lock(&self.server).as_ref().map(|s| s.addr)
     }
 
-    /// Run one check with [`fetched`] and [`hook_ran`] reporting here.
+    /// Run one check with its [`events`](crate::events) counted here.
     pub async fn observe<T>(&self, check: impl Future<Output = T>) -> T {
         *lock(&self.check_started) = Instant::now();
-        CHECK.scope(Arc::clone(&self.shared), check).await
+        crate::events::observe(self.shared.clone(), check).await
     }
 
     /// A check ended (the one just run through [`Telemetry::observe`]): count it, update

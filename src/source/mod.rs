@@ -59,6 +59,14 @@ pub enum Content {
 }
 
 impl Artifact {
+    /// The size of a downloaded or local ZIP (what the download brought); `None` for a tree.
+    pub fn zip_size(&self) -> Option<u64> {
+        match &self.content {
+            Content::Zip(zip) => fs::metadata(zip).ok().map(|m| m.len()),
+            _ => None,
+        }
+    }
+
     /// Write the content into `dest` (an empty staging directory), by the unpacking rules.
     /// Blocking: run it on a blocking thread.
     pub fn extract_into(
