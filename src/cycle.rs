@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::activate::{Activator, Switched};
 use crate::config::Settings;
+use crate::decide::{self, Decision};
 use crate::events::Event;
 use crate::exit::Exit;
 use crate::hooks::{self, HookEnv, HookError, Phase};
@@ -183,12 +184,27 @@ pub async fn check(
         Err(e) => return Err(CycleError::Failed(e)),
     };
     let version = artifact.stamp.version.clone();
-    if let Some(pin) = state.pin.clone() {
-        if pin.from_version == version {
-            tracing::info!(
-                "unchanged: pinned to {} by a rollback; the remote still offers {version}",
-                pin.release
-            );
+    let offer = decide::Offer {
+        version: &version,
+        sha256: &artifact.sha256,
+    };
+    let decision = decide::offer(state.pin.as_ref(), live_info.as_ref(), offer);
+    if let Decision::SameBytes { lift_pin: true } | Decision::Deploy { lift_pin: true } = decision
+        && let Some(pin) = state.pin.take()
+    {
+        tracing::info!(
+            "the remote moved on to {version}: the rollback pin to {} is lifted",
+            pin.release
+        );
+    }
+    match decision {
+        Decision::StayPinned => {
+            if let Some(pin) = &state.pin {
+                tracing::info!(
+                    "unchanged: pinned to {} by a rollback; the remote still offers {version}",
+                    pin.release
+                );
+            }
             state.remote = settings.remote_display.clone();
             state.stamp = Some(artifact.stamp.clone());
             save(&state, dir)?;
@@ -196,27 +212,23 @@ pub async fn check(
                 version: live_info.map(|i| i.version),
             });
         }
-        tracing::info!(
-            "the remote moved on to {version}: the rollback pin to {} is lifted",
-            pin.release
-        );
-        state.pin = None;
-    }
-    if let Some(info) = live_info.as_ref().filter(|i| i.sha256 == artifact.sha256) {
-        // Same bytes under a new validator (touched file, new ETag): remember it, no deploy.
-        tracing::info!(
-            "unchanged: the remote's content is the live version {}",
-            info.version
-        );
-        state.remote = settings.remote_display.clone();
-        state.stamp = Some(artifact.stamp.clone());
-        if let Some(i) = live_name.as_ref().and_then(|n| state.releases.get_mut(n)) {
-            i.version = artifact.stamp.version.clone();
+        Decision::SameBytes { .. } => {
+            // Same bytes under a new validator (touched file, new ETag): remember it, no deploy.
+            tracing::info!(
+                "unchanged: the remote's content is the live version {}",
+                version_of(&live_info)
+            );
+            state.remote = settings.remote_display.clone();
+            state.stamp = Some(artifact.stamp.clone());
+            if let Some(i) = live_name.as_ref().and_then(|n| state.releases.get_mut(n)) {
+                i.version = artifact.stamp.version.clone();
+            }
+            save(&state, dir)?;
+            return Ok(Outcome::Unchanged {
+                version: Some(version),
+            });
         }
-        save(&state, dir)?;
-        return Ok(Outcome::Unchanged {
-            version: Some(version),
-        });
+        Decision::Deploy { .. } => {}
     }
     tracing::info!("new version {version} from {}", settings.remote_display);
 
@@ -328,11 +340,10 @@ pub async fn check(
 /// Step 7: remove old releases beyond `keep`, never one in `protect`.
 fn retain(settings: &Settings, releases: &Releases, state: &mut State, protect: &[&Path]) {
     // In exchange mode the live release's files are `current`, not under releases/.
-    let keep = if settings.activate == crate::activate::Mode::Exchange {
-        settings.keep - 1
-    } else {
-        settings.keep
-    };
+    let keep = decide::kept_under_releases(
+        settings.keep,
+        settings.activate == crate::activate::Mode::Exchange,
+    );
     match releases.prune(keep, protect) {
         Ok(removed) if !removed.is_empty() => {
             tracing::info!("removed old releases: {}", removed.join(", "));

@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod cycle;
 pub mod daemon;
+pub mod decide;
 pub mod events;
 pub mod exit;
 pub mod fsutil;

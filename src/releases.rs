@@ -185,23 +185,17 @@ impl Releases {
     /// the one before it) always stay and count toward `keep`. Returns the removed names.
     pub fn prune(&self, keep: usize, protect: &[&Path]) -> io::Result<Vec<String>> {
         let names = self.list()?;
-        let is_protected = |name: &str| {
-            protect
-                .iter()
-                .any(|p| p.file_name().map(OsStrExt::as_bytes) == Some(name.as_bytes()))
-        };
-        let mut kept = names.iter().filter(|n| is_protected(n)).count();
+        // Named as `list` names them, so that a protected release is always recognised.
+        let protected: Vec<String> = protect
+            .iter()
+            .filter_map(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        let protected: Vec<&str> = protected.iter().map(String::as_str).collect();
         let mut removed = Vec::new();
-        for name in names.iter().rev() {
-            if is_protected(name) {
-                continue;
-            }
-            if kept < keep {
-                kept += 1;
-                continue;
-            }
+        for name in crate::decide::retention(&names, keep, &protected) {
             self.remove(&self.root.join(name))?;
-            removed.push(name.clone());
+            removed.push(name.to_string());
         }
         Ok(removed)
     }
