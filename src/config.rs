@@ -18,6 +18,7 @@ use thiserror::Error;
 use crate::cli::Cli;
 use crate::remote::{self, Remote, RemoteError};
 use crate::schedule::{Schedule, ScheduleError};
+use crate::secret::Secret;
 use crate::unpack::Limits;
 
 /// The default configuration file (its absence is fine).
@@ -58,23 +59,12 @@ pub const KEYS: &[(&str, &[&str])] = &[
 ];
 
 /// S3 settings from the configuration (the rest of the chain is the AWS SDK's).
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct AwsSettings {
-    pub access_key: Option<String>,
-    pub secret_key: Option<String>,
+    pub access_key: Option<Secret>,
+    pub secret_key: Option<Secret>,
     pub region: Option<String>,
     pub endpoint: Option<String>,
-}
-
-impl std::fmt::Debug for AwsSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AwsSettings")
-            .field("access_key", &self.access_key.as_ref().map(|_| "***"))
-            .field("secret_key", &self.secret_key.as_ref().map(|_| "***"))
-            .field("region", &self.region)
-            .field("endpoint", &self.endpoint)
-            .finish()
-    }
 }
 
 /// Everything a run needs, resolved and validated.
@@ -82,8 +72,8 @@ impl std::fmt::Debug for AwsSettings {
 pub struct Settings {
     /// The configuration file that was read, if any.
     pub config_file: Option<PathBuf>,
-    /// The remote as configured, after `{id}` substitution (may hold credentials: never print).
-    pub remote_url: String,
+    /// The remote as configured, after `{id}` substitution (may hold credentials).
+    pub remote_url: Secret,
     /// The remote, parsed.
     pub remote: Remote,
     /// The remote with credentials masked: the only form that is ever printed.
@@ -122,27 +112,16 @@ pub struct Settings {
 }
 
 /// Settings of the metrics/health/trigger listener.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct TelemetrySettings {
     /// `listen`: where to serve `/metrics`, `/healthz` and `/trigger`; `None`: no listener.
     pub listen: Option<SocketAddr>,
     /// `health-periods`: schedule periods without a successful check before `/healthz` fails.
     pub health_periods: u32,
     /// `trigger-token`: the bearer token of `POST /trigger` (a secret); `None`: no trigger.
-    pub trigger_token: Option<String>,
+    pub trigger_token: Option<Secret>,
     /// `trigger-min-interval`: the least time between two accepted triggers.
     pub trigger_min_interval: Duration,
-}
-
-impl std::fmt::Debug for TelemetrySettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TelemetrySettings")
-            .field("listen", &self.listen)
-            .field("health_periods", &self.health_periods)
-            .field("trigger_token", &self.trigger_token.as_ref().map(|_| "***"))
-            .field("trigger_min_interval", &self.trigger_min_interval)
-            .finish()
-    }
 }
 
 /// Shortest `trigger-token` accepted: a webhook secret must not be guessable.
@@ -189,7 +168,7 @@ fn telemetry_settings(layers: &Layers) -> Result<TelemetrySettings, ConfigError>
                     ),
                 });
             }
-            Some(token.to_string())
+            Some(Secret::new(token))
         }
         None => None,
     };
@@ -650,8 +629,12 @@ impl Settings {
         };
 
         let aws = AwsSettings {
-            access_key: layers.get("aws-access-key").map(|r| r.value.clone()),
-            secret_key: layers.get("aws-secret-key").map(|r| r.value.clone()),
+            access_key: layers
+                .get("aws-access-key")
+                .map(|r| Secret::new(r.value.clone())),
+            secret_key: layers
+                .get("aws-secret-key")
+                .map(|r| Secret::new(r.value.clone())),
             region: layers.get("aws-region").map(|r| r.value.clone()),
             endpoint: layers.get("s3-endpoint").map(|r| r.value.clone()),
         };
@@ -710,7 +693,7 @@ impl Settings {
 
         Ok(Settings {
             config_file,
-            remote_url,
+            remote_url: Secret::new(remote_url),
             remote,
             remote_display,
             local,
@@ -739,10 +722,13 @@ impl Settings {
 
     /// Every secret these settings hold, for the log writer to mask.
     pub fn secrets(&self) -> Vec<String> {
-        let mut s = remote::secrets(&self.remote_url);
-        s.extend(self.aws.access_key.clone());
-        s.extend(self.aws.secret_key.clone());
-        s.extend(self.telemetry.trigger_token.clone());
+        let mut s = remote::secrets(self.remote_url.expose());
+        let others = [
+            &self.aws.access_key,
+            &self.aws.secret_key,
+            &self.telemetry.trigger_token,
+        ];
+        s.extend(others.into_iter().flatten().map(|x| x.expose().to_string()));
         s
     }
 
@@ -942,14 +928,14 @@ mod tests {
             Path::new("/"),
         )
         .expect("settings");
-        assert_eq!(s.remote_url, "https://h/web.zip");
+        assert_eq!(s.remote_url.expose(), "https://h/web.zip");
         let s = Settings::resolve_in(
             &cli(&["-r", "https://h/{id}.zip"]),
             &env(&[]),
             Path::new("/"),
         )
         .expect("settings");
-        assert!(!s.remote_url.contains("{id}"));
+        assert!(!s.remote_url.expose().contains("{id}"));
     }
 
     #[test]
@@ -1026,6 +1012,37 @@ mod tests {
         let d = s.describe();
         assert!(!d.contains("sekrit123") && !d.contains("pw123"), "{d}");
         assert!(s.secrets().contains(&"sekrit123".to_string()));
+    }
+
+    /// Issue 11, bug 6: a `{:?}` of the settings (in a panic, a debug log) showed the remote
+    /// URL with its password, and the S3 keys of a source.
+    #[test]
+    fn debug_of_the_settings_shows_no_secret() {
+        let e = env(&[
+            ("REPO_DEPLOY_AWS_SECRET_KEY", "sekrit123"),
+            ("REPO_DEPLOY_AWS_ACCESS_KEY", "AKIAEXAMPLE1"),
+            ("REPO_DEPLOY_TRIGGER_TOKEN", "tok-0123456789abcdef"),
+        ]);
+        for remote in [
+            "https://u:pw123@h/a.zip?token=qtok987",
+            "https://u:pw123@h/org/app.git/site#main",
+            "https://tok987xyz@h/org/app.git",
+        ] {
+            let s =
+                Settings::resolve_in(&cli(&["-r", remote]), &e, Path::new("/")).expect("settings");
+            let shown = format!("{s:?} {s:#?}");
+            for secret in [
+                "pw123",
+                "qtok987",
+                "tok987xyz",
+                "sekrit123",
+                "AKIAEXAMPLE1",
+                "tok-0123456789abcdef",
+            ] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            assert!(shown.contains("***"), "{shown}");
+        }
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 use url::Url;
 
-/// A parsed remote.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed remote. Its `Debug` masks credentials, like everything that can be printed.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Remote {
     /// A ZIP over HTTP(S). The URL may carry Basic-auth credentials.
     Http(Url),
@@ -25,7 +25,8 @@ pub enum Remote {
 }
 
 /// A git remote: repository URL (as git understands it), optional sub-directory and ref.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Its `Debug` is its `Display`: credentials masked.
+#[derive(Clone, PartialEq, Eq)]
 pub struct GitRemote {
     /// What `git fetch` is given: `ssh://…`, `https://…`, `git://…`, `file://…` or scp-like.
     pub url: String,
@@ -289,6 +290,23 @@ impl fmt::Display for GitRemote {
             write!(f, "#{r}")?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Debug for GitRemote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GitRemote({self})")
+    }
+}
+
+impl fmt::Debug for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Remote::Http(url) => write!(f, "Http({})", mask(url.as_str())),
+            Remote::S3 { bucket, key } => write!(f, "S3 {{ bucket: {bucket:?}, key: {key:?} }}"),
+            Remote::Git(git) => write!(f, "Git({git})"),
+            Remote::Local(path) => write!(f, "Local({path:?})"),
+        }
     }
 }
 

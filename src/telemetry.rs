@@ -310,8 +310,8 @@ impl Policy {
             splay: settings.splay,
             token: t
                 .trigger_token
-                .as_deref()
-                .map(|tok| Sha256::digest(tok.as_bytes()).into()),
+                .as_ref()
+                .map(|tok| Sha256::digest(tok.expose().as_bytes()).into()),
             min_interval: t.trigger_min_interval,
         }
     }

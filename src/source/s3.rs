@@ -106,8 +106,8 @@ impl S3Source {
         let credentials = match (&settings.aws.access_key, &settings.aws.secret_key) {
             (Some(a), Some(s)) => {
                 loader = loader.credentials_provider(Credentials::new(
-                    a,
-                    s,
+                    a.expose(),
+                    s.expose(),
                     None,
                     None,
                     "repo-deploy configuration",
