@@ -119,5 +119,5 @@ Re\-read the configuration; a broken one is logged and the old one kept.
 \fBSIGUSR1\fR
 Check now.
 .SH SEE ALSO
-\fBsystemctl\fR(1), \fBcrontab\fR(5); the README in \fI/usr/share/doc/repo\-deploy/\fR.
+\fBsystemctl\fR(1), \fBcrontab\fR(5); the README and docs/ in \fI/usr/share/doc/repo\-deploy/\fR.
 "#;

@@ -2,7 +2,7 @@
 //!
 //! The binary (`main.rs`) is a thin shell around this library so that integration tests and
 //! benchmarks run the same code. Data flows one way: `cli` → `config` (resolved `Settings`) →
-//! `daemon` / `cycle`, which drive the modules below them. See the README's architecture section.
+//! `daemon` / `cycle`, which drive the modules below them. See docs/ARCHITECTURE.md.
 
 pub mod activate;
 pub mod cli;

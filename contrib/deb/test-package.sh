@@ -55,6 +55,11 @@ for f in /usr/share/bash-completion/completions/repo-deploy /usr/share/zsh/vendo
   [[ -s $f ]] || fail "completion $f missing"
 done
 bash -n /usr/share/bash-completion/completions/repo-deploy || fail "bash completion does not parse"
+# The README links into docs/: the reference pages ship beside it (cargo-deb may gzip them).
+for page in README.md docs/CONFIGURATION.md docs/REMOTES.md docs/HOOKS.md docs/OPERATIONS.md; do
+  f=/usr/share/doc/repo-deploy/$page
+  [[ -s $f || -s $f.gz ]] || fail "$f missing: the README links to it"
+done
 
 unit=$(dpkg -L "$pkg" | grep -E '/systemd/system/repo-deploy\.service$') || fail "no systemd unit in the package"
 [[ -f $unit ]] || fail "$unit missing"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Administration of the moto server the S3 integration tests (tests/s3.rs) start.
+"""Administration of the moto server the S3 integration tests (tests/it/s3.rs) start.
 
 Usage: python3 moto_admin.py http://127.0.0.1:PORT
 
