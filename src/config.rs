@@ -78,7 +78,8 @@ pub struct Settings {
     pub remote: Remote,
     /// The remote with credentials masked: the only form that is ever printed.
     pub remote_display: String,
-    /// The live path the application watches: a symlink to the live release.
+    /// The live path the application watches (`current`): a symlink to the live release, or
+    /// in the exchange and sync activation modes a real directory that holds its files.
     pub local: PathBuf,
     /// The deploy directory: `releases/`, `state.json`, `.lock`.
     pub directory: PathBuf,

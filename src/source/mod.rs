@@ -2,8 +2,11 @@
 //! since this stamp?" and, when it has, hands over the new content (a ZIP in the cache or a
 //! directory) with its version and content hash.
 //!
-//! For HTTP and S3 the question and the download are one conditional request, so a source
-//! has a single `fetch`. Adding a remote kind touches only this folder and `remote.rs`.
+//! Both answers come from one call, `fetch`: for a whole ZIP over HTTP or S3 they are one
+//! conditional request; an incremental update adds ranged requests for what the live release
+//! cannot supply (`ranges.rs`), a local path compares size, mtime and hash, and git asks
+//! `ls-remote` first and fetches only when the branch moved. Adding a remote kind touches only
+//! this folder and `remote.rs`.
 
 mod file;
 mod git;
