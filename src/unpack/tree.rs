@@ -81,8 +81,12 @@ fn plan_tree(
             let meta = child
                 .metadata()
                 .map_err(|e| io_error(&rel.to_string_lossy(), "stat", e))?;
-            let (path, kind) =
-                planner.admit(rel.as_os_str().as_bytes(), Some(meta.mode()), false)?;
+            // A name from `readdir` is never `.`; a `\` in it is a character, refused.
+            let admitted =
+                planner.admit(rel.as_os_str().as_bytes(), Some(meta.mode()), false, false);
+            let Some((path, kind)) = admitted? else {
+                continue;
+            };
             let kind = match kind {
                 Type::Dir => {
                     pending.push(rel);

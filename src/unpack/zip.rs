@@ -15,7 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use zip::{CompressionMethod, System, ZipArchive, ZipReadOptions};
 
-use super::plan::{Entry, Kind, PATH_MAX, Planner, Type, classify, normalize, zip_mode};
+use super::plan::{
+    Entry, Kind, PATH_MAX, Planner, Type, backslash_separates, classify, normalize, zip_mode,
+};
 use super::write::{Contents, Job, build};
 use super::{Limits, Result, Summary, UnpackError, check, io_error};
 
@@ -176,7 +178,10 @@ pub fn unpack_open_zip(
         // incremental download may not have the others).
         let entry = zip.by_index_data(index).map_err(bad_archive)?;
         let (mode, dos_dir) = zip_mode(entry.system(), entry.external_attributes());
-        let (path, kind) = planner.admit(&name, mode, dos_dir)?;
+        let backslash = backslash_separates(entry.system());
+        let Some((path, kind)) = planner.admit(&name, mode, dos_dir, backslash)? else {
+            continue; // The release root's own entry (`./`).
+        };
         if kind != Type::Dir {
             if entry.encrypted() {
                 return Err(UnpackError::Encrypted { path });
@@ -271,7 +276,7 @@ const BUF_SIZE: usize = 256 * 1024;
 /// A ZIP entry as the unpacker will see it, judged from its central directory record alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryView {
-    /// The normalised path.
+    /// The normalised path; empty for the release root's own entry (`./`), which is skipped.
     pub path: String,
     /// Whether the unpacker reads the entry's data: everything but directories.
     pub has_data: bool,
@@ -282,9 +287,12 @@ pub struct EntryView {
 /// How [`unpack_zip`] will see the entry named `name` with these attributes (for planning an
 /// incremental download, `source/ranges.rs`); `None` when it refuses the name or the type.
 pub fn zip_entry_view(name: &[u8], system: System, attrs: u32) -> Option<EntryView> {
-    let (path, trailing_slash) = normalize(name).ok()?;
+    let (path, trailing_slash) = normalize(name, backslash_separates(system)).ok()?;
     let (mode, dos_dir) = zip_mode(system, attrs);
     let kind = classify(&path, mode, dos_dir || trailing_slash).ok()?;
+    if path.is_empty() && kind != Type::Dir {
+        return None;
+    }
     let file_mode = (kind == Type::File).then(|| mode.map_or(0o644, |m| m & 0o777));
     let has_data = kind != Type::Dir;
     Some(EntryView {
@@ -583,12 +591,13 @@ mod tests {
     use super::*;
     use std::fs;
     use std::io::Cursor;
+    use std::os::unix::fs::PermissionsExt;
 
     use zip::DateTime;
     use zip::write::SimpleFileOptions;
 
     use crate::unpack::fixture::*;
-    use crate::unpack::plan::{S_IFBLK, S_IFCHR, S_IFIFO, S_IFSOCK};
+    use crate::unpack::plan::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFSOCK};
 
     #[test]
     fn unpacks_files_directories_symlinks_and_empty_things() {
@@ -669,6 +678,36 @@ mod tests {
             [mtime("dir/link"), mtime("dos")],
             [1_400_000_000, 1_614_834_368]
         );
+    }
+
+    /// Issue 11, bug 8: bsdtar's `./` root entry and `./` prefixes; `\` separators in entries
+    /// made on MS-DOS (PowerShell 5.1), a plain character (refused) in entries made on Unix.
+    #[test]
+    fn accepts_a_dot_slash_root_and_dos_backslash_separators() {
+        let dos = stored().system(System::Dos);
+        let bytes = zip_of(|w| {
+            w.add_directory("./", with_mode(S_IFDIR | 0o700)).unwrap();
+            add(w, "./top", b"t", stored());
+            add(w, "dir\\sub\\file", b"f", dos);
+            w.add_directory("empty\\", dos).unwrap();
+        });
+        let fixture = Fixture::new();
+        let dest = fixture.path("dest");
+        fs::set_permissions(&dest, fs::Permissions::from_mode(0o751)).unwrap();
+        let summary = fixture.unpack(&bytes, LIMITS).unwrap();
+        assert_eq!((summary.files, summary.dirs), (2, 3));
+        assert_eq!(fs::read(dest.join("top")).unwrap(), b"t");
+        assert_eq!(fs::read(dest.join("dir/sub/file")).unwrap(), b"f");
+        assert!(fs::read_dir(dest.join("empty")).unwrap().next().is_none());
+        // The root entry's mode (0700) is not applied to the release.
+        assert_eq!(mode_of(&dest), 0o751);
+        let view = |name: &[u8], system| zip_entry_view(name, system, 0).map(|v| v.path);
+        assert_eq!(view(b"a\\b", System::Dos).as_deref(), Some("a/b"));
+        assert_eq!(view(b"a\\b", System::Unix), None);
+        assert_eq!(view(b"./", System::Unix).as_deref(), Some(""));
+        refused(&files(&["a\\b"]), LIMITS, "InvalidName", "backslash");
+        let escape = zip_of(|w| add(w, ".\\..\\evil", b"x", dos));
+        refused(&escape, LIMITS, "InvalidName", "`..`");
     }
 
     #[test]
