@@ -4,7 +4,7 @@
 //! create no symlink that resolves outside it.
 //!
 //! Run: `cargo +nightly fuzz run unpack -- -max_total_time=600`. The stable-toolchain driver
-//! with the same checks and a seed corpus is tests/fuzz_unpack.rs.
+//! with the same checks and a seed corpus is tests/it/fuzz_unpack.rs.
 
 #![no_main]
 

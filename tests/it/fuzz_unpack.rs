@@ -90,6 +90,26 @@ fn seeds(root: &Path) -> Vec<Vec<u8>> {
             },
         ),
         zip_bytes(&[]),
+        // As bsdtar writes them: a `./` root entry, then `./` prefixes (issue 11).
+        zip_bytes(&[
+            dir("./", 0o755),
+            file("./a.txt", "a", 0o644),
+            dir("./sub/", 0o755),
+            file("./sub/b.txt", "b", 0o644),
+        ]),
+        // As PowerShell 5.1 writes them: `\` separators, host MS-DOS (issue 11).
+        raw_zip(
+            &[
+                (&b"dir\\file.txt"[..], 0x20),
+                (b"dir\\sub\\deflated.txt", 0x20),
+                (b"empty\\", 0x10),
+            ]
+            .map(|(name, attrs)| RawEntry {
+                made_by: 0x0014,
+                external_attrs: attrs,
+                ..RawEntry::deflated(name, b"from windows")
+            }),
+        ),
     ];
     // The zip crate's own encodings: extended timestamps, ZIP64 headers, DOS attributes.
     let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));

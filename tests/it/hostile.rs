@@ -2,7 +2,8 @@
 //! `hostile_cases` in tests/it/common/hostile.rs (no checked-in binaries): names that leave the release,
 //! symlinks that escape (alone, in chains, or with an entry written through them), duplicates,
 //! case collisions, device and FIFO entries, zip bombs by ratio and by total size, too many
-//! entries, names too long or not UTF-8, CRC mismatches, truncated central directories, ZIP64
+//! entries, names too long or not UTF-8, Windows names (`\` separators in MS-DOS-made entries,
+//! drive letters, UNC paths: issue 11), CRC mismatches, truncated central directories, ZIP64
 //! size lies and encrypted entries.
 //!
 //! Every case runs over a live v1 with `-f` on a local ZIP remote (a few also over HTTP through
@@ -24,6 +25,7 @@ const REQUIRED_KINDS: &[&str] = &[
     "absolute",
     "windows-drive",
     "backslash",
+    "dos-backslash",
     "symlink-escape-write-through",
     "symlink-chain",
     "directory-replaced-by-symlink",
@@ -50,6 +52,7 @@ const GROUPS: &[(&str, &[&str])] = &[
             "absolute",
             "windows-drive",
             "backslash",
+            "dos-backslash",
             "invalid-utf8",
             "name-too-long",
         ],

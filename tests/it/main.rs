@@ -24,6 +24,7 @@ mod hooks_edge;
 mod hostile;
 mod http;
 mod incremental;
+mod interop;
 mod local;
 mod lock;
 mod packaging;

@@ -95,6 +95,57 @@ pub fn hostile_cases(root: &Path) -> Vec<HostileCase> {
         vec![canary.join("evil-bs")],
     );
 
+    // Names from Windows (issue 11, bug 8): `\` separates components only in entries made on
+    // MS-DOS or Windows, and every check runs after it is read as one.
+    let dos = |name: &[u8]| RawEntry {
+        // Host system 0 (MS-DOS), version 2.0; DOS attribute 0x20 (archive).
+        made_by: 0x0014,
+        external_attrs: 0x20,
+        ..RawEntry::stored(name, b"x")
+    };
+    case(
+        "dos-backslash",
+        "dos-dot-then-dotdot",
+        raw_zip(&[dos(b"ok.txt"), dos(b".\\..\\evil-dos1")]),
+        vec![q(".\\..\\evil-dos1"), s("contains a `..` component")],
+        vec![releases.join("evil-dos1")],
+    );
+    case(
+        "dos-backslash",
+        "dos-name-then-dotdot",
+        raw_zip(&[dos(b"a\\..\\..\\evil-dos2")]),
+        vec![q("a\\..\\..\\evil-dos2"), s("`..`")],
+        vec![releases.join("evil-dos2")],
+    );
+    case(
+        "dos-backslash",
+        "dos-to-canary",
+        raw_zip(&[dos(b".\\..\\..\\..\\canary\\evil-dos3")]),
+        vec![q(".\\..\\..\\..\\canary\\evil-dos3"), s("`..`")],
+        vec![canary.join("evil-dos3")],
+    );
+    case(
+        "dos-backslash",
+        "dos-drive-letter",
+        raw_zip(&[dos(b"ok.txt"), dos(b"C:\\evil-dos4")]),
+        vec![q("C:\\evil-dos4"), s("Windows drive prefix")],
+        vec![],
+    );
+    case(
+        "dos-backslash",
+        "dos-unc-path",
+        raw_zip(&[dos(b"\\\\server\\share\\evil-dos5")]),
+        vec![q("\\\\server\\share\\evil-dos5"), s("is absolute")],
+        vec![],
+    );
+    case(
+        "dotdot",
+        "dot-slash-then-dotdot",
+        zip_bytes(&[ok(), file("./../evil-dos6", "x", 0o644)]),
+        vec![q("./../evil-dos6"), s("contains a `..` component")],
+        vec![releases.join("evil-dos6")],
+    );
+
     // Symlinks.
     case(
         "symlink-escape-write-through",
