@@ -82,7 +82,7 @@ pub fn recover(settings: &Settings) -> anyhow::Result<()> {
     releases
         .sweep()
         .with_context(|| format!("cannot clean {}", releases.root().display()))?;
-    let activator = Activator::for_settings(settings);
+    let activator = settings.activator();
     activator
         .recover()
         .with_context(|| format!("cannot recover {}", settings.local.display()))?;
@@ -129,7 +129,8 @@ pub async fn check(
     let releases =
         Releases::open(dir).with_context(|| format!("cannot open {}/releases", dir.display()))?;
     let mut state = State::load(dir);
-    let live = Activator::for_settings(settings)
+    let live = settings
+        .activator()
         .live()
         .with_context(|| format!("cannot read {}", settings.local.display()))?;
     // A crash between a switch and the end of its post-update hooks: finish that first.
@@ -366,7 +367,7 @@ pub async fn go_live(
 
     // The switch. From here on this runs to its end, whatever the signals say.
     let release = env.current.clone();
-    let activator = Activator::for_settings(settings);
+    let activator = settings.activator();
     let dir = &settings.directory;
     let pending = PendingPost {
         release: release_name(&release)
@@ -466,7 +467,7 @@ async fn resume(
         deploy_dir: settings.local.clone(),
         remote: settings.remote_display.clone(),
     };
-    post_hooks(settings, &Activator::for_settings(settings), &env, &release).await?;
+    post_hooks(settings, &settings.activator(), &env, &release).await?;
     tracing::info!("post-update hooks of {} passed", pending.version);
     Ok(Some(pending))
 }

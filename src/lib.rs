@@ -26,5 +26,4 @@ pub mod source;
 pub mod state;
 pub mod systemd;
 pub mod telemetry;
-pub mod treesync;
 pub mod unpack;

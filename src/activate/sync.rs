@@ -1,12 +1,15 @@
-//! In-place update of a directory from a release, for `activate = sync`: applications that
-//! watch a directory's inode (as the seed tool's users did) see their files replaced one by
-//! one instead of a new directory.
+//! `activate = sync`: `current` is a real directory whose files are replaced in place, for
+//! applications that watch the directory's inode (as the seed tool's users did): they see
+//! their files replaced one by one instead of a new directory.
 //!
-//! Each file and symlink that differs is written under a hidden temporary name beside its
-//! target and renamed over it, so a reader sees every *file* whole; the *tree* is not switched
-//! atomically as a whole (a reader may see some files old and some new while it runs).
-//! Removals come last, so nothing the new release needs disappears before its replacement is
-//! in place. Running it again after a crash finishes the job.
+//! Invariants:
+//! - Each file and symlink that differs is written under a hidden temporary name beside its
+//!   target and renamed over it, so a reader sees every *file* whole; the *tree* is NOT
+//!   switched atomically as a whole (a reader may see some files old and some new while it
+//!   runs). Removals come last, so nothing the new release needs disappears before its
+//!   replacement is in place.
+//! - `active.json` records the sync as pending before it starts; running it again after a
+//!   crash finishes the job ([`recover`]).
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -14,13 +17,98 @@ use std::fs::{self, File, FileTimes};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-/// Temporary names start with this; a leftover one is swept by the next sync.
+use super::marker::{self, Marker, Pending};
+use super::{Activator, LiveRelease, Switched, name_of};
+use crate::fsutil::{self, parent_of};
+
+/// Make `release` live; `before` is the live release.
+pub(super) fn switch(
+    act: &Activator,
+    before: Option<LiveRelease>,
+    release: &Path,
+) -> io::Result<Switched> {
+    let started = Instant::now();
+    let to = name_of(release)?;
+    marker::save(
+        &act.directory,
+        &Marker {
+            name: before.as_ref().map(|l| l.name.clone()),
+            pending: Some(Pending {
+                to: to.clone(),
+                from: None,
+                to_ino: 0,
+            }),
+        },
+    )?;
+    sync_tree(release, &act.local)?;
+    let visible = started.elapsed();
+    marker::save(
+        &act.directory,
+        &Marker {
+            name: Some(to),
+            pending: None,
+        },
+    )?;
+    Ok(Switched {
+        current: release.to_path_buf(),
+        previous: before.map(|l| l.path),
+        visible,
+    })
+}
+
+/// Undo a failed first deploy: `current` goes (renamed aside first, so that it disappears at
+/// once rather than file by file).
+pub(super) fn deactivate(act: &Activator) -> io::Result<()> {
+    let trash = parent_of(&act.local).join(format!(
+        ".{}.trash-{}",
+        name_of(&act.local)?,
+        std::process::id()
+    ));
+    fs::rename(&act.local, &trash)?;
+    fs::remove_dir_all(&trash)?;
+    marker::save(&act.directory, &Marker::default())
+}
+
+/// Finish a sync that a crash interrupted: sync again to whichever release still exists,
+/// preferring the new one.
+pub(super) fn recover(act: &Activator) -> io::Result<()> {
+    let marker = marker::load(&act.directory)?;
+    let Some(pending) = &marker.pending else {
+        return Ok(());
+    };
+    let target = [Some(&pending.to), marker.name.as_ref()]
+        .into_iter()
+        .flatten()
+        .find(|n| act.releases().join(n).is_dir())
+        .cloned();
+    if let Some(name) = &target {
+        tracing::info!(
+            "finishing the interrupted sync of {} to {name}",
+            act.local.display()
+        );
+        sync_tree(&act.releases().join(name), &act.local)?;
+    }
+    marker::save(
+        &act.directory,
+        &Marker {
+            name: target.or(marker.name),
+            pending: None,
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine: make one directory tree hold what another holds, file by file.
+
+/// Temporary names start with this (then `PID-RANDOM-NAME`); a leftover one is removed by the
+/// next sync of its directory.
 const TEMP_PREFIX: &str = ".repo-deploy-sync-";
 
 /// Make `dst` hold exactly what `src` holds (files, symlinks, directories, modes, mtimes).
 /// Returns how many entries were written or removed.
-pub fn sync_tree(src: &Path, dst: &Path) -> io::Result<u64> {
+fn sync_tree(src: &Path, dst: &Path) -> io::Result<u64> {
     if !dst.is_dir() {
         fs::create_dir_all(dst)?;
     }
@@ -35,7 +123,7 @@ fn temp_beside(path: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!("{TEMP_PREFIX}{}-{name}", std::process::id()))
+    path.with_file_name(format!("{TEMP_PREFIX}{}-{name}", fsutil::unique_suffix()))
 }
 
 fn remove_any(path: &Path) -> io::Result<()> {
