@@ -183,10 +183,12 @@ impl Activator {
         }
     }
 
-    /// At start, under the lock: remove temporary links, and finish or undo a switch that a
-    /// crash interrupted.
+    /// At start, under the lock: remove the temporary links, trash and files a crash left
+    /// (whatever the mode now: it may have been changed since), and finish or undo a switch
+    /// that a crash interrupted.
     pub fn recover(&self) -> io::Result<()> {
         symlink::sweep(&self.local)?;
+        sync::sweep_trash(&self.local)?;
         marker::sweep(&self.directory)?;
         match self.mode {
             Mode::Symlink => {

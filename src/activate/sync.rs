@@ -60,15 +60,37 @@ pub(super) fn switch(
 
 /// Undo a failed first deploy: `current` goes (renamed aside first, so that it disappears at
 /// once rather than file by file).
+/// A crash between the rename and the removal leaves the trash; [`sweep_trash`] removes it.
 pub(super) fn deactivate(act: &Activator) -> io::Result<()> {
     let trash = parent_of(&act.local).join(format!(
-        ".{}.trash-{}",
-        name_of(&act.local)?,
-        std::process::id()
+        "{}{}",
+        trash_prefix(&act.local)?,
+        fsutil::unique_suffix()
     ));
     fs::rename(&act.local, &trash)?;
     fs::remove_dir_all(&trash)?;
     marker::save(&act.directory, &Marker::default())
+}
+
+/// `.NAME.trash-`: what [`deactivate`] renames `current` to before removing it.
+fn trash_prefix(local: &Path) -> io::Result<String> {
+    Ok(format!(".{}.trash-", name_of(local)?))
+}
+
+/// Remove the trash that a crash in [`deactivate`] left beside `local`.
+pub(super) fn sweep_trash(local: &Path) -> io::Result<()> {
+    let prefix = trash_prefix(local)?;
+    let Some(entries) = fsutil::not_found_is_none(fs::read_dir(parent_of(local)))? else {
+        return Ok(());
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            remove_any(&entry.path())?;
+            tracing::info!("removed leftover {}", entry.path().display());
+        }
+    }
+    Ok(())
 }
 
 /// Finish a sync that a crash interrupted: sync again to whichever release still exists,
@@ -89,6 +111,9 @@ pub(super) fn recover(act: &Activator) -> io::Result<()> {
             act.local.display()
         );
         sync_tree(&act.releases().join(name), &act.local)?;
+    } else if act.local_dir()?.is_some() {
+        // Nothing to sync to: at least remove the engine's temporary files.
+        sweep_temporaries(&act.local)?;
     }
     marker::save(
         &act.directory,
@@ -116,6 +141,21 @@ fn sync_tree(src: &Path, dst: &Path) -> io::Result<u64> {
     sync_dir(src, dst, &mut changed)?;
     File::open(dst).and_then(|d| rustix::fs::syncfs(&d).map_err(io::Error::from))?;
     Ok(changed)
+}
+
+/// Remove the engine's temporary files anywhere under `dir` (a sync does it as it goes).
+fn sweep_temporaries(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            remove_any(&path)?;
+            tracing::info!("removed leftover {}", path.display());
+        } else if entry.file_type()?.is_dir() {
+            sweep_temporaries(&path)?;
+        }
+    }
+    Ok(())
 }
 
 fn temp_beside(path: &Path) -> PathBuf {
@@ -228,8 +268,41 @@ fn replace(tmp: &Path, to: &Path, existing: Option<&fs::Metadata>) -> io::Result
 
 #[cfg(test)]
 mod tests {
+    use super::super::Mode;
+    use super::super::tests::setup;
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn recovery_removes_the_trash_of_an_interrupted_deactivate_and_stray_temporaries() {
+        let (_d, act, a, _b) = setup(Mode::Sync);
+        act.switch(&a).expect("switch");
+        let trash = act.directory.join(".current.trash-1-dead");
+        fs::create_dir_all(trash.join("sub")).expect("trash");
+        fs::write(trash.join("sub/f"), "A").expect("write");
+        let other = act.directory.join(".current.other");
+        fs::write(&other, "").expect("write");
+        // A sync cut short whose releases are both gone since: only the sweep cleans up.
+        let stray = act.local.join(format!("{TEMP_PREFIX}1-dead-f"));
+        fs::write(&stray, "half").expect("write");
+        marker::save(
+            &act.directory,
+            &Marker {
+                name: Some("gone".into()),
+                pending: Some(Pending {
+                    to: "gone-too".into(),
+                    from: None,
+                    to_ino: 0,
+                }),
+            },
+        )
+        .expect("marker");
+        act.recover().expect("recover");
+        assert!(!trash.exists(), "trash swept");
+        assert!(!stray.exists(), "temporary swept");
+        assert!(other.exists(), "only what repo-deploy names is removed");
+        assert!(act.local.join("f").exists());
+    }
 
     #[test]
     fn syncs_contents_in_place_and_keeps_the_directory_inode() {
