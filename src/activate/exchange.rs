@@ -16,71 +16,111 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::marker::{self, Marker, Pending};
-use super::{Activator, LiveRelease, Switched, name_of};
+use super::{Activator, LiveRelease, SwitchError, Switched, name_of};
 use crate::fsutil::{fsync_dir, parent_of};
 
-/// Make `release` live; `before` is the live release.
+/// Make `release` live; `before` is the live release. The exchange (or, on a first deploy,
+/// the rename into `current`) is the point of no return.
 pub(super) fn switch(
     act: &Activator,
     before: Option<LiveRelease>,
     release: &Path,
-) -> io::Result<Switched> {
-    let started = Instant::now();
+    started: Instant,
+) -> Result<Switched, SwitchError> {
+    let steps = &act.steps;
     let to = name_of(release)?;
     let to_ino = fs::symlink_metadata(release)?.ino();
     let from = before.as_ref().map(|l| l.name.clone());
-    marker::save(
-        &act.directory,
-        &Marker {
-            name: from.clone(),
-            pending: Some(Pending {
-                to: to.clone(),
-                from: from.clone(),
-                to_ino,
-            }),
-        },
-    )?;
-    let (previous, visible) = match &from {
-        None => {
-            fs::rename(release, &act.local)?;
-            (None, started.elapsed())
-        }
-        Some(from) => {
+    steps.run("record the switch as pending in active.json", || {
+        marker::save(
+            &act.directory,
+            &Marker {
+                name: from.clone(),
+                pending: Some(Pending {
+                    to: to.clone(),
+                    from: from.clone(),
+                    to_ino,
+                }),
+            },
+        )
+    })?;
+    let swapped = match &from {
+        None => steps.run("rename the release to current", || {
+            fs::rename(release, &act.local)
+        }),
+        Some(_) => steps.run("exchange the release with current", || {
             rustix::fs::renameat_with(
                 rustix::fs::CWD,
                 release,
                 rustix::fs::CWD,
                 &act.local,
                 rustix::fs::RenameFlags::EXCHANGE,
-            )?;
-            let visible = started.elapsed();
-            // `release` now holds the previous files: give them their name back.
-            let back = act.releases().join(from);
-            fs::rename(release, &back)?;
-            (Some(back.canonicalize()?), visible)
-        }
+            )
+            .map_err(io::Error::from)
+        }),
     };
-    fsync_dir(&act.releases())?;
-    fsync_dir(parent_of(&act.local))?;
-    marker::save(
-        &act.directory,
-        &Marker {
-            name: Some(to),
-            pending: None,
-        },
-    )?;
-    Ok(Switched {
-        current: act.local.canonicalize()?,
-        previous,
-        visible,
-    })
+    if let Err(e) = swapped {
+        // Nothing moved. Best effort: a pending record is resolved by the inode anyway.
+        let _ = marker::save(
+            &act.directory,
+            &Marker {
+                name: from,
+                pending: None,
+            },
+        );
+        return Err(e.into());
+    }
+    let releases = act.releases();
+    let back = from.as_ref().map(|from| {
+        releases
+            .canonicalize()
+            .unwrap_or(releases.clone())
+            .join(from)
+    });
+    let switched = Switched {
+        current: act.local.canonicalize().unwrap_or(act.local.clone()),
+        previous: back.clone(),
+        visible: started.elapsed(),
+    };
+    let durable = (|| {
+        if let Some(back) = &back {
+            // `release` now holds the previous files: give them their name back.
+            steps.run("rename the previous release back to its name", || {
+                fs::rename(release, back)
+            })?;
+        }
+        steps.run("fsync releases/", || fsync_dir(&releases))?;
+        steps.run("fsync the directory of current", || {
+            fsync_dir(parent_of(&act.local))
+        })?;
+        steps.run("record the switch as done in active.json", || {
+            marker::save(
+                &act.directory,
+                &Marker {
+                    name: Some(to),
+                    pending: None,
+                },
+            )
+        })
+    })();
+    match durable {
+        Ok(()) => Ok(switched),
+        Err(error) => Err(SwitchError::NotDurable { switched, error }),
+    }
 }
 
 /// Undo a failed first deploy: `current`'s files go back under `release`.
 pub(super) fn deactivate(act: &Activator, release: &Path) -> io::Result<()> {
-    fs::rename(&act.local, release)?;
-    fsync_dir(parent_of(&act.local))?;
-    marker::save(&act.directory, &Marker::default())
+    let steps = &act.steps;
+    steps.run("rename current back to its release", || {
+        fs::rename(&act.local, release)
+    })?;
+    steps.run("fsync the directory of current", || {
+        fsync_dir(parent_of(&act.local))
+    })?;
+    steps.run("record in active.json that nothing is live", || {
+        marker::save(&act.directory, &Marker::default())
+    })
 }
 
 /// Which release `current` holds according to `marker`, a pending switch resolved by the inode
@@ -100,14 +140,17 @@ pub(super) fn finish(act: &Activator) -> io::Result<()> {
     let Some(pending) = &marker.pending else {
         return Ok(());
     };
+    let steps = &act.steps;
     let local_ino = act.local_dir()?.map(|m| m.ino());
     let name = resolve(&marker, local_ino);
     if local_ino == Some(pending.to_ino) {
         // The exchange happened: the previous files may still sit under the new name.
         let stale = act.releases().join(&pending.to);
         if let (Some(from), true) = (&pending.from, stale.is_dir()) {
-            fs::rename(&stale, act.releases().join(from))?;
-            fsync_dir(&act.releases())?;
+            steps.run("rename the previous release back to its name", || {
+                fs::rename(&stale, act.releases().join(from))
+            })?;
+            steps.run("fsync releases/", || fsync_dir(&act.releases()))?;
         }
     }
     tracing::info!(
@@ -115,13 +158,15 @@ pub(super) fn finish(act: &Activator) -> io::Result<()> {
         act.local.display(),
         name.as_deref().unwrap_or("nothing")
     );
-    marker::save(
-        &act.directory,
-        &Marker {
-            name,
-            pending: None,
-        },
-    )
+    steps.run("record the resolved switch in active.json", || {
+        marker::save(
+            &act.directory,
+            &Marker {
+                name,
+                pending: None,
+            },
+        )
+    })
 }
 
 #[cfg(test)]

@@ -14,8 +14,9 @@ use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use super::{Steps, SwitchError, Switched};
 use crate::fsutil::{self, parent_of};
 
 /// Why the live release cannot be read.
@@ -73,14 +74,21 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
     out
 }
 
-/// Point `local` at `release` atomically. Returns how long after the call the new release
-/// became visible at `local` (the rename); the call returns once that is durable too.
-pub(super) fn replace(local: &Path, release: &Path) -> io::Result<Duration> {
-    let started = Instant::now();
+/// Point `local` at `release` atomically (`previous` is what it showed). The switch records
+/// how long after `started` the new release became visible at `local` (the rename); the call
+/// returns once that is durable too. The rename is the point of no return: an error after it
+/// is [`SwitchError::NotDurable`].
+pub(super) fn replace(
+    steps: &Steps,
+    local: &Path,
+    release: &Path,
+    previous: Option<PathBuf>,
+    started: Instant,
+) -> Result<Switched, SwitchError> {
     if let Ok(m) = fs::symlink_metadata(local)
         && !m.file_type().is_symlink()
     {
-        return Err(not_a_link(local));
+        return Err(not_a_link(local).into());
     }
     let parent = parent_of(local);
     fs::create_dir_all(parent)?;
@@ -89,25 +97,41 @@ pub(super) fn replace(local: &Path, release: &Path) -> io::Result<Duration> {
     let mut tmp_name = temp_prefix(local)?;
     tmp_name.extend_from_slice(fsutil::unique_suffix().as_bytes());
     let tmp = parent.join(std::ffi::OsStr::from_bytes(&tmp_name));
-    std::os::unix::fs::symlink(&target, &tmp)?;
-    if let Err(e) = fs::rename(&tmp, local) {
+    steps.run("create the new link beside current", || {
+        std::os::unix::fs::symlink(&target, &tmp)
+    })?;
+    if let Err(e) = steps.run("rename the new link over current", || {
+        fs::rename(&tmp, local)
+    }) {
         let _ = fs::remove_file(&tmp);
-        return Err(e);
+        return Err(e.into());
     }
-    let visible = started.elapsed();
-    fsutil::fsync_dir(parent)?;
-    Ok(visible)
+    let switched = Switched {
+        current: release.to_path_buf(),
+        previous,
+        visible: started.elapsed(),
+    };
+    match steps.run("fsync the directory of current", || {
+        fsutil::fsync_dir(parent)
+    }) {
+        Ok(()) => Ok(switched),
+        Err(error) => Err(SwitchError::NotDurable { switched, error }),
+    }
 }
 
 /// Remove `local` (after a failed first deploy there is nothing to restore).
-pub(super) fn remove(local: &Path) -> io::Result<()> {
+pub(super) fn remove(steps: &Steps, local: &Path) -> io::Result<()> {
     match fs::symlink_metadata(local) {
-        Ok(m) if m.file_type().is_symlink() => fs::remove_file(local)?,
+        Ok(m) if m.file_type().is_symlink() => {
+            steps.run("remove current", || fs::remove_file(local))?;
+        }
         Ok(_) => return Err(not_a_link(local)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     }
-    fsutil::fsync_dir(parent_of(local))
+    steps.run("fsync the directory of current", || {
+        fsutil::fsync_dir(parent_of(local))
+    })
 }
 
 /// Remove temporary links left beside `local` by an interrupted switch.
@@ -140,20 +164,21 @@ mod tests {
         fs::create_dir_all(&b).expect("b");
         let local = root.join("current");
         assert_eq!(read_target(&local).expect("live"), None);
-        replace(&local, &a).expect("switch a");
+        let steps = Steps::default();
+        replace(&steps, &local, &a, None, Instant::now()).expect("switch a");
         assert_eq!(
             fs::read_link(&local).expect("link"),
             PathBuf::from("releases/a")
         );
         assert_eq!(read_target(&local).expect("live"), Some(a.clone()));
-        replace(&local, &b).expect("switch b");
+        replace(&steps, &local, &b, None, Instant::now()).expect("switch b");
         assert_eq!(read_target(&local).expect("live"), Some(b));
         let names: Vec<_> = fs::read_dir(&root)
             .expect("ls")
             .map(|e| e.expect("e").file_name())
             .collect();
         assert_eq!(names.len(), 2, "no temp link left: {names:?}");
-        remove(&local).expect("remove");
+        remove(&steps, &local).expect("remove");
         assert_eq!(read_target(&local).expect("live"), None);
     }
 
@@ -175,7 +200,7 @@ mod tests {
         let local = dir.path().join("current");
         fs::create_dir(&local).expect("mkdir");
         assert!(read_target(&local).is_err());
-        assert!(replace(&local, dir.path()).is_err());
+        assert!(replace(&Steps::default(), &local, dir.path(), None, Instant::now()).is_err());
     }
 
     #[test]

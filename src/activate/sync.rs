@@ -20,56 +20,121 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::marker::{self, Marker, Pending};
-use super::{Activator, LiveRelease, Switched, name_of};
+use super::{Activator, LiveRelease, SwitchError, Switched, name_of};
 use crate::fsutil::{self, parent_of};
 
-/// Make `release` live; `before` is the live release.
+/// Make `release` live; `before` is the live release. The end of the tree sync is the point
+/// of no return: a sync that fails midway puts back the files of `before` (or removes
+/// `current` on a first deploy) and reports that nothing switched.
 pub(super) fn switch(
     act: &Activator,
     before: Option<LiveRelease>,
     release: &Path,
-) -> io::Result<Switched> {
-    let started = Instant::now();
+    started: Instant,
+) -> Result<Switched, SwitchError> {
+    let steps = &act.steps;
     let to = name_of(release)?;
-    marker::save(
-        &act.directory,
-        &Marker {
-            name: before.as_ref().map(|l| l.name.clone()),
-            pending: Some(Pending {
-                to: to.clone(),
-                from: None,
-                to_ino: 0,
-            }),
-        },
-    )?;
-    sync_tree(release, &act.local)?;
-    let visible = started.elapsed();
-    marker::save(
-        &act.directory,
-        &Marker {
-            name: Some(to),
-            pending: None,
-        },
-    )?;
-    Ok(Switched {
+    let name = before.as_ref().map(|l| l.name.clone());
+    steps.run("record the sync as pending in active.json", || {
+        marker::save(
+            &act.directory,
+            &Marker {
+                name: name.clone(),
+                pending: Some(Pending {
+                    to: to.clone(),
+                    from: None,
+                    to_ino: 0,
+                }),
+            },
+        )
+    })?;
+    if let Err(e) = steps.run("sync the release into current", || {
+        sync_tree(release, &act.local)
+    }) {
+        return Err(restore(act, before.as_ref(), e).into());
+    }
+    let switched = Switched {
         current: release.to_path_buf(),
         previous: before.map(|l| l.path),
-        visible,
-    })
+        visible: started.elapsed(),
+    };
+    match steps.run("record the sync as done in active.json", || {
+        marker::save(
+            &act.directory,
+            &Marker {
+                name: Some(to),
+                pending: None,
+            },
+        )
+    }) {
+        Ok(()) => Ok(switched),
+        Err(error) => Err(SwitchError::NotDurable { switched, error }),
+    }
+}
+
+/// After a sync that failed midway, put back what was live (`before`), so that `current` is
+/// as it was; returns the error to report, which says so if that failed too.
+fn restore(act: &Activator, before: Option<&LiveRelease>, error: io::Error) -> io::Error {
+    let steps = &act.steps;
+    let restored = match before {
+        Some(b) => steps
+            .run("sync the previous release back into current", || {
+                sync_tree(&b.path, &act.local)
+            })
+            .map(drop),
+        None => steps.run("remove the partly synced current", || {
+            remove_any(&act.local)
+        }),
+    }
+    .and_then(|()| {
+        steps.run("record in active.json that nothing switched", || {
+            marker::save(
+                &act.directory,
+                &Marker {
+                    name: before.map(|b| b.name.clone()),
+                    pending: None,
+                },
+            )
+        })
+    });
+    match restored {
+        Ok(()) => error,
+        Err(e) => io::Error::new(
+            error.kind(),
+            format!(
+                "{error}; putting back what was live failed too ({e}): {} holds files of both releases until the next start finishes the sync",
+                act.local.display()
+            ),
+        ),
+    }
+}
+
+/// Which release `current` holds according to `marker`: a pending sync counts as done if its
+/// release still exists, as [`recover`] will finish it.
+pub(super) fn resolve(act: &Activator, marker: &Marker) -> Option<String> {
+    match &marker.pending {
+        Some(p) if act.releases().join(&p.to).is_dir() => Some(p.to.clone()),
+        _ => marker.name.clone(),
+    }
 }
 
 /// Undo a failed first deploy: `current` goes (renamed aside first, so that it disappears at
-/// once rather than file by file).
-/// A crash between the rename and the removal leaves the trash; [`sweep_trash`] removes it.
+/// once rather than file by file). A crash between the rename and the removal leaves the
+/// trash; [`sweep_trash`] removes it.
 pub(super) fn deactivate(act: &Activator) -> io::Result<()> {
+    let steps = &act.steps;
     let trash = parent_of(&act.local).join(format!(
         "{}{}",
         trash_prefix(&act.local)?,
         fsutil::unique_suffix()
     ));
-    fs::rename(&act.local, &trash)?;
-    fs::remove_dir_all(&trash)?;
-    marker::save(&act.directory, &Marker::default())
+    steps.run("rename current to its trash", || {
+        fs::rename(&act.local, &trash)
+    })?;
+    steps.run("remove the trash of current", || fs::remove_dir_all(&trash))?;
+    steps.run("record in active.json that nothing is live", || {
+        marker::save(&act.directory, &Marker::default())
+    })
 }
 
 /// `.NAME.trash-`: what [`deactivate`] renames `current` to before removing it.
