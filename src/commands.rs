@@ -9,7 +9,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::activate::Activator;
 use crate::config::Settings;
 use crate::cycle::{self, CycleError};
 use crate::exit::Exit;
@@ -44,7 +43,8 @@ pub fn releases(settings: &Settings) -> Result<Vec<ReleaseView>> {
     let releases = Releases::open(&settings.directory)
         .with_context(|| format!("cannot open {}/releases", settings.directory.display()))?;
     let state = State::load(&settings.directory);
-    let live = Activator::for_settings(settings)
+    let live = settings
+        .activator()
         .live()
         .with_context(|| format!("cannot read {}", settings.local.display()))?;
     let mut names = releases

@@ -782,6 +782,14 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The switch of `current` in the configured `activate` mode, `local` and `directory`
+    /// (built here so that `activate` never imports the configuration).
+    pub fn activator(&self) -> crate::activate::Activator {
+        crate::activate::Activator::new(self.activate, &self.local, &self.directory)
+    }
+}
+
 /// The host's fully qualified name, reversed (`app.example.com` → `com.example.app`), the
 /// default `{id}`.
 pub fn reversed_fqdn() -> String {

@@ -18,7 +18,7 @@ use anyhow::{Context, anyhow};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-use crate::activate::{Activator, Switched};
+use crate::activate::{Activator, SwitchError, Switched};
 use crate::config::Settings;
 use crate::decide::{self, Decision};
 use crate::events::Event;
@@ -84,7 +84,7 @@ pub fn recover(settings: &Settings) -> anyhow::Result<()> {
     releases
         .sweep()
         .with_context(|| format!("cannot clean {}", releases.root().display()))?;
-    let activator = Activator::for_settings(settings);
+    let activator = settings.activator();
     activator
         .recover()
         .with_context(|| format!("cannot recover {}", settings.local.display()))?;
@@ -131,7 +131,8 @@ pub async fn check(
     let releases =
         Releases::open(dir).with_context(|| format!("cannot open {}/releases", dir.display()))?;
     let mut state = State::load(dir);
-    let live = Activator::for_settings(settings)
+    let live = settings
+        .activator()
         .live()
         .with_context(|| format!("cannot read {}", settings.local.display()))?;
     // A crash between a switch and the end of its post-update hooks: finish that first.
@@ -297,7 +298,9 @@ pub async fn check(
             created: chrono::Utc::now().to_rfc3339(),
         },
     );
-    save(&state, dir).inspect_err(|_| discard(&releases, &release))?;
+    save(&state, dir).inspect_err(|_| {
+        discard(settings, &releases, &release);
+    })?;
 
     // 4.–6. Pre-update hooks, the switch, post-update hooks (and the rollback).
     let env = HookEnv {
@@ -316,8 +319,10 @@ pub async fn check(
     let switched = match go_live(settings, env, cancel).await {
         Ok(s) => s,
         Err(e) => {
-            discard(&releases, &release);
-            forget(&mut state, &name, dir);
+            // A release `current` still shows (its switch back failed) keeps its record.
+            if discard(settings, &releases, &release) {
+                forget(&mut state, &name, dir);
+            }
             return Err(e);
         }
     };
@@ -337,8 +342,18 @@ pub async fn check(
     Ok(Outcome::Deployed { version, release })
 }
 
-/// Step 7: remove old releases beyond `keep`, never one in `protect`.
+/// Step 7: remove old releases beyond `keep`, never one in `protect`, nor the live one as
+/// read again now ([`live_now`]).
 fn retain(settings: &Settings, releases: &Releases, state: &mut State, protect: &[&Path]) {
+    let live = match live_now(settings, releases) {
+        Ok(live) => live,
+        Err(e) => {
+            tracing::warn!("no old release is removed: {e:#}");
+            return;
+        }
+    };
+    let protect: Vec<&Path> = protect.iter().copied().chain(live.as_deref()).collect();
+    let protect = protect.as_slice();
     // In exchange mode the live release's files are `current`, not under releases/.
     let keep = decide::kept_under_releases(
         settings.keep,
@@ -367,6 +382,16 @@ pub async fn go_live(
     env: HookEnv,
     cancel: &CancellationToken,
 ) -> Result<Switched, CycleError> {
+    go_live_with(settings, &settings.activator(), env, cancel).await
+}
+
+/// [`go_live`] with the given activator (a unit test injects its failures).
+async fn go_live_with(
+    settings: &Settings,
+    activator: &Activator,
+    env: HookEnv,
+    cancel: &CancellationToken,
+) -> Result<Switched, CycleError> {
     let version = env.version.clone();
     if let Err(e) = hooks::run_parts(&settings.pre_hooks, &env, settings.hook_timeout, cancel).await
     {
@@ -381,7 +406,6 @@ pub async fn go_live(
 
     // The switch. From here on this runs to its end, whatever the signals say.
     let release = env.current.clone();
-    let activator = Activator::for_settings(settings);
     let dir = &settings.directory;
     let pending = PendingPost {
         release: release_name(&release)
@@ -397,13 +421,26 @@ pub async fn go_live(
         .save(dir)
         .with_context(|| format!("cannot write {}/post-hooks.json", dir.display()))?;
     let switch_started = Instant::now();
-    let switched = activator.switch(&release).map_err(|e| {
-        CycleError::Failed(anyhow!(e).context(format!(
-            "cannot switch {} to {}",
-            settings.local.display(),
-            release.display()
-        )))
-    })?;
+    let switched = match switch(activator, &release).await {
+        Ok(s) => s,
+        // `current` shows the new release: it is live, so its post-update hooks run (and may
+        // roll back); only the durability of the switch is in doubt.
+        Err(SwitchError::NotDurable { switched, error }) => {
+            tracing::warn!(
+                "switched {} to {}, but {error}: a power cut may bring the previous release back (the next start finishes the switch)",
+                settings.local.display(),
+                release.display()
+            );
+            switched
+        }
+        Err(SwitchError::NotSwitched(e)) => {
+            return Err(CycleError::Failed(anyhow!(e).context(format!(
+                "cannot switch {} to {}; it is unchanged",
+                settings.local.display(),
+                release.display()
+            ))));
+        }
+    };
     tracing::info!(
         "switched {} to {} in {}µs (durable after {}µs)",
         settings.local.display(),
@@ -419,8 +456,32 @@ pub async fn go_live(
         previous: switched.previous.clone(),
         ..env
     };
-    post_hooks(settings, &activator, &env, &release).await?;
+    post_hooks(settings, activator, &env, &release).await?;
     Ok(switched)
+}
+
+/// The switch, off the async workers: a sync-mode tree copy or an fsync may block for long.
+async fn switch(activator: &Activator, release: &Path) -> Result<Switched, SwitchError> {
+    let (activator, release) = (activator.clone(), release.to_path_buf());
+    tokio::task::spawn_blocking(move || activator.switch(&release))
+        .await
+        .unwrap_or_else(|e| {
+            Err(SwitchError::NotSwitched(std::io::Error::other(format!(
+                "the switch panicked: {e}"
+            ))))
+        })
+}
+
+/// [`Activator::deactivate`], off the async workers.
+async fn deactivate(activator: &Activator, release: &Path) -> std::io::Result<()> {
+    let (activator, release) = (activator.clone(), release.to_path_buf());
+    tokio::task::spawn_blocking(move || activator.deactivate(&release))
+        .await
+        .unwrap_or_else(|e| {
+            Err(std::io::Error::other(format!(
+                "the removal of current panicked: {e}"
+            )))
+        })
 }
 
 /// Step 6: the post-update hooks of a switch to `release`; a failure switches back. Either
@@ -435,11 +496,18 @@ async fn post_hooks(
     let result = hooks::run_parts(&settings.post_hooks, env, settings.hook_timeout, &never).await;
     let result = match result {
         Ok(_) => Ok(()),
-        Err(e) => Err(CycleError::RolledBack {
-            version: env.version.clone(),
-            hook: e,
-            restored: roll_back(activator, settings, env, release, &never).await,
-        }),
+        Err(e) => match roll_back(activator, settings, env, release, &never).await {
+            Ok(restored) => Err(CycleError::RolledBack {
+                version: env.version.clone(),
+                hook: e,
+                restored,
+            }),
+            // Not "rolled back": the failed release is still live.
+            Err(failed) => Err(CycleError::Failed(anyhow!(
+                "post-update hook failed for {}: {e}; {failed}",
+                env.version
+            ))),
+        },
     };
     PendingPost::clear(&settings.directory);
     result
@@ -481,46 +549,54 @@ async fn resume(
         deploy_dir: settings.local.clone(),
         remote: settings.remote_display.clone(),
     };
-    post_hooks(settings, &Activator::for_settings(settings), &env, &release).await?;
+    post_hooks(settings, &settings.activator(), &env, &release).await?;
     tracing::info!("post-update hooks of {} passed", pending.version);
     Ok(Some(pending))
 }
 
 /// Switch back after a failed post-update hook and re-run the post-update hooks for the
 /// restored release with `DEPLOY_ROLLBACK=1`; on a first deploy, remove `current`. Returns
-/// what was done, for the error message.
+/// what was done, for the error message; or, when `current` could not be switched back, what
+/// failed and what is live.
 async fn roll_back(
     activator: &Activator,
     settings: &Settings,
     failed: &HookEnv,
     release: &Path,
     never: &CancellationToken,
-) -> String {
+) -> Result<String, String> {
+    let local = settings.local.display();
     let Some(previous) = failed.previous.clone() else {
-        return match activator.deactivate(release) {
-            Ok(()) => format!("first deploy: {} removed", settings.local.display()),
-            Err(e) => format!(
-                "first deploy: cannot remove {}: {e}",
-                settings.local.display()
-            ),
+        return match deactivate(activator, release).await {
+            Ok(()) => Ok(format!("first deploy: {local} removed")),
+            Err(e) => {
+                tracing::error!("cannot remove {local} after a failed first deploy: {e}");
+                Err(format!(
+                    "first deploy: the removal of {local} FAILED ({e}); {}",
+                    live_description(activator)
+                ))
+            }
         };
     };
-    let back = match activator.switch(&previous) {
+    let back = match switch(activator, &previous).await {
         Ok(s) => s,
-        Err(e) => {
-            tracing::error!(
-                "cannot switch {} back to {}: {e}",
-                settings.local.display(),
+        Err(SwitchError::NotDurable { switched, error }) => {
+            tracing::warn!(
+                "switched {local} back to {}, but {error}: a power cut may bring the failed release back (the next start finishes the switch)",
                 previous.display()
             );
-            return format!("rollback to {} FAILED: {e}", previous.display());
+            switched
+        }
+        Err(SwitchError::NotSwitched(e)) => {
+            tracing::error!("cannot switch {local} back to {}: {e}", previous.display());
+            return Err(format!(
+                "the rollback to {} FAILED ({e}); {}",
+                previous.display(),
+                live_description(activator)
+            ));
         }
     };
-    tracing::warn!(
-        "rolled back {} to {}",
-        settings.local.display(),
-        previous.display()
-    );
+    tracing::warn!("rolled back {local} to {}", previous.display());
     let env = HookEnv {
         phase: Phase::Post,
         current: back.current,
@@ -535,7 +611,17 @@ async fn roll_back(
     {
         tracing::error!("post-update hooks failed again after the rollback: {e}");
     }
-    format!("rolled back to {}", previous.display())
+    Ok(format!("rolled back to {}", previous.display()))
+}
+
+/// What `current` shows now, read again, for an error message.
+fn live_description(activator: &Activator) -> String {
+    let local = activator.local().display();
+    match activator.live() {
+        Ok(Some(live)) => format!("{local} still shows {}", live.name),
+        Ok(None) => format!("{local} shows nothing"),
+        Err(e) => format!("{local} cannot be read: {e}"),
+    }
 }
 
 /// The directory name of a release path.
@@ -555,11 +641,46 @@ fn save(state: &State, dir: &Path) -> Result<(), CycleError> {
         .map_err(CycleError::Failed)
 }
 
-/// Remove a release this check created and will not keep.
-fn discard(releases: &Releases, release: &Path) {
-    if let Err(e) = releases.remove(release) {
-        tracing::warn!("cannot remove {}: {e}", release.display());
+/// Remove a release this check created and will not keep, unless `current` shows it now
+/// (a switch back that failed): see [`live_now`]. Returns whether it was removed.
+fn discard(settings: &Settings, releases: &Releases, release: &Path) -> bool {
+    match live_now(settings, releases) {
+        Ok(live) if live.as_deref().and_then(Path::file_name) != release.file_name() => {
+            match releases.remove(release) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!("cannot remove {}: {e}", release.display());
+                    false
+                }
+            }
+        }
+        Ok(_) => {
+            tracing::warn!(
+                "{} is not removed: {} shows it",
+                release.display(),
+                settings.local.display()
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!("{} is not removed: {e:#}", release.display());
+            false
+        }
     }
+}
+
+/// The one rule of every removal of a release: nothing deletes the release that `current`
+/// resolves to now. This reads it again from disk (never a value read earlier in the check)
+/// and returns its path under `releases/`; an error means it cannot be known, and then
+/// nothing may be removed.
+fn live_now(settings: &Settings, releases: &Releases) -> anyhow::Result<Option<PathBuf>> {
+    let live = settings.activator().live().with_context(|| {
+        format!(
+            "cannot read what {} shows, so no release may be removed",
+            settings.local.display()
+        )
+    })?;
+    Ok(live.map(|l| releases.root().join(l.name)))
 }
 
 /// Drop a discarded release from the state (best effort: the next prune forgets it anyway).
@@ -573,6 +694,113 @@ fn forget(state: &mut State, name: &str, dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::activate::Mode;
+    use clap::Parser;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A deploy directory with releases `a` (live) and `b` (each holding `f`: "A", "B"), in
+    /// `mode`, and a post-update hook that fails except on the rollback's re-run.
+    fn setup(mode: Mode) -> (tempfile::TempDir, Settings, PathBuf, PathBuf) {
+        let d = tempfile::tempdir().expect("tempdir");
+        let root = d.path().canonicalize().expect("real");
+        let (deploy, pre, post) = (root.join("d"), root.join("pre"), root.join("post"));
+        for (name, text) in [("a", "A"), ("b", "B")] {
+            let dir = deploy.join("releases").join(name);
+            fs::create_dir_all(&dir).expect("mkdir");
+            fs::write(dir.join("f"), text).expect("write");
+        }
+        fs::create_dir_all(&pre).expect("pre");
+        fs::create_dir_all(&post).expect("post");
+        let hook = post.join("10-fail");
+        fs::write(&hook, "#!/bin/sh\n[ \"$DEPLOY_ROLLBACK\" = 1 ] || exit 1\n").expect("hook");
+        fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let config = root.join("rd.cfg");
+        fs::write(&config, format!("activate = {mode}\n")).expect("config");
+        let os = |p: &Path| p.to_str().expect("utf8").to_string();
+        let cli = crate::cli::Cli::try_parse_from([
+            "repo-deploy".to_string(),
+            "-c".into(),
+            os(&config),
+            "-d".into(),
+            os(&deploy),
+            "--pre-hooks".into(),
+            os(&pre),
+            "--post-hooks".into(),
+            os(&post),
+            "-r".into(),
+            os(&root.join("app.zip")),
+        ])
+        .expect("cli");
+        let settings = Settings::resolve_in(&cli, &Default::default(), &root).expect("settings");
+        let (a, b) = (deploy.join("releases/a"), deploy.join("releases/b"));
+        settings.activator().switch(&a).expect("a is live");
+        (d, settings, a, b)
+    }
+
+    fn env(settings: &Settings, b: &Path) -> HookEnv {
+        let live = settings.activator().live().expect("live").expect("a");
+        HookEnv {
+            phase: Phase::Pre,
+            current: b.to_path_buf(),
+            previous: Some(live.path),
+            version: "v2".into(),
+            previous_version: "v1".into(),
+            rollback: false,
+            deploy_dir: settings.local.clone(),
+            remote: "test".into(),
+        }
+    }
+
+    /// Bug 1, the rollback: the post-update hook fails, and step N of the activator fails
+    /// (of the switch, then of the switch back), for every N and every mode. Whatever
+    /// happened, after the check removes what it will not keep, `current` shows a release
+    /// that still exists, and an outcome that reads "rolled back" means it was.
+    #[tokio::test]
+    async fn a_failed_switch_back_never_deletes_what_current_shows() {
+        for mode in [Mode::Symlink, Mode::Exchange, Mode::Sync] {
+            for n in 1.. {
+                let (_d, settings, _a, b) = setup(mode);
+                let releases = Releases::open(&settings.directory).expect("releases");
+                let (activator, fail) = settings.activator().failing_at(n);
+                let never = CancellationToken::new();
+                let result = go_live_with(&settings, &activator, env(&settings, &b), &never).await;
+                let step = fail.log().get(n - 1).copied().unwrap_or("none");
+                let at = format!("{mode}, step {n} ({step})");
+                let Err(e) = result else {
+                    panic!("{at}: the post-update hook failed, yet the switch stands");
+                };
+                // What `check` does with a release that did not go live.
+                discard(&settings, &releases, &b);
+                let live = settings
+                    .activator()
+                    .live()
+                    .expect("live")
+                    .unwrap_or_else(|| panic!("{at}: current is gone or dangles ({e})"));
+                let shown = fs::read_to_string(settings.local.join("f"))
+                    .unwrap_or_else(|e| panic!("{at}: current shows nothing: {e}"));
+                assert_eq!(shown, live.name.to_uppercase(), "{at}");
+                if mode != Mode::Exchange {
+                    assert!(
+                        releases.root().join(&live.name).is_dir(),
+                        "{at}: the live release {} was deleted",
+                        live.name
+                    );
+                }
+                match &e {
+                    CycleError::RolledBack { .. } => assert_eq!(live.name, "a", "{at}: {e}"),
+                    CycleError::Failed(_) if live.name == "b" => {
+                        assert!(e.to_string().contains("FAILED"), "{at}: {e}")
+                    }
+                    _ => {}
+                }
+                if fail.seen() < n {
+                    assert!(matches!(e, CycleError::RolledBack { .. }), "{at}: {e}");
+                    break;
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_blocking_hooks_cause_is_printed_once() {

@@ -28,5 +28,4 @@ pub mod source;
 pub mod state;
 pub mod systemd;
 pub mod telemetry;
-pub mod treesync;
 pub mod unpack;

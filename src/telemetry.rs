@@ -577,14 +577,13 @@ fn one_line(text: &str) -> String {
     }
 }
 
-/// The version `current` points to, from the state file (after a failed check, whose result
-/// does not say).
+/// The version of the live release (in every `activate` mode), from the state file: after a
+/// failed check, whose result does not say.
 fn live_version_on_disk(settings: &Settings) -> Option<String> {
-    let live = crate::activate::live(&settings.local).ok()??;
-    let name = live.file_name()?.to_string_lossy().into_owned();
+    let live = settings.activator().live().ok()??;
     crate::state::State::load(&settings.directory)
         .releases
-        .get(&name)
+        .get(&live.name)
         .map(|i| i.version.clone())
 }
 

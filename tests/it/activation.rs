@@ -2,14 +2,22 @@
 //! after a failing post-update hook, and serves the `rollback` command.
 
 use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
 
 use crate::common::*;
 
 fn publish(env: &Env, version: &str) -> String {
+    publish_with_id(env, version).0
+}
+
+/// As [`publish`]; also returns the version id (the ZIP's SHA-256 for a local remote).
+fn publish_with_id(env: &Env, version: &str) -> (String, String) {
     let remote = env.root.join("app.zip");
     let tmp = env.root.join("next.zip");
-    zip(
+    let bytes = zip(
         &tmp,
         &[
             file("version.txt", format!("{version}\n"), 0o644),
@@ -17,7 +25,10 @@ fn publish(env: &Env, version: &str) -> String {
         ],
     );
     fs::rename(&tmp, &remote).expect("publish");
-    remote.to_str().expect("utf8").to_string()
+    (
+        remote.to_str().expect("utf8").to_string(),
+        sha256_hex(&bytes),
+    )
 }
 
 fn current_version(env: &Env) -> String {
@@ -178,5 +189,78 @@ fn every_mode_logs_when_the_switch_was_visible_and_when_durable() {
         };
         let (visible, durable) = (micros(" in "), micros("durable after "));
         assert!(visible <= durable, "{mode}: {line}");
+    }
+}
+
+/// `GET /metrics` from the daemon's listener.
+fn scrape(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the listener");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read the reply");
+    text
+}
+
+/// The port the daemon logged it listens on.
+fn listener_port(d: &Daemon) -> u16 {
+    let mut port = None;
+    let found = eventually(WAIT, || {
+        port = d
+            .stderr()
+            .split("on http://127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            });
+        port.is_some()
+    });
+    assert!(found, "no listener address logged:\n{}", d.stderr());
+    port.expect("port")
+}
+
+/// Whether a scrape has `series` with the value 1.
+fn has_series(scrape: &str, series: &str) -> bool {
+    scrape.lines().any(|l| l.trim() == format!("{series} 1"))
+}
+
+/// Bug 2: after a check that fails (here, blocked by a pre-update hook), the live version was
+/// read through the symlink-only path, so in the directory modes it vanished from the metrics
+/// (and systemd's STATUS) although the release was still live.
+#[test]
+fn directory_modes_keep_the_live_version_in_the_metrics_after_a_failed_check() {
+    for mode in ["exchange", "sync"] {
+        let env = Env::new();
+        let (remote, v1) = publish_with_id(&env, "v1");
+        env.config(&format!(
+            "activate = {mode}\nlisten = 127.0.0.1:0\nschedule = 0 0 1 1 *\n"
+        ));
+        let mut d = env.cmd().args(["-r", &remote]).spawn();
+        let port = listener_port(&d);
+        let live_v1 = format!("repo_deploy_live_version_info{{version=\"{v1}\"}}");
+        d.wait_for("v1 deployed and shown as live", || {
+            has_series(&scrape(port), &live_v1)
+        });
+
+        env.pre_hook("50-no", "exit 1");
+        publish(&env, "v2");
+        d.signal_until(libc::SIGUSR1, "a blocked check counted", || {
+            has_series(
+                &scrape(port),
+                "repo_deploy_checks_total{result=\"blocked\"}",
+            )
+        });
+        let m = scrape(port);
+        assert!(
+            has_series(&m, &live_v1),
+            "{mode}: v1 is still live and must stay in the metrics:\n{m}"
+        );
+        assert_eq!(current_version(&env), "v1", "{mode}");
+        d.signal(libc::SIGTERM);
+        let status = d.wait_exit(Duration::from_secs(10));
+        assert_eq!(status.code(), Some(0), "{mode}: {}", d.stderr());
     }
 }

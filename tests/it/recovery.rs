@@ -253,3 +253,32 @@ fn a_resumed_post_update_hook_that_fails_rolls_back() {
     assert!(!env.deploy.join("post-hooks.json").exists());
     env.assert_clean();
 }
+
+/// Bug 7: sync mode removes a failed first deploy's `current` by renaming it to
+/// `.current.trash-PID` and then deleting that; a crash in between left the copy for ever.
+/// The next start removes it, and the temporary files of an interrupted write of
+/// `active.json`.
+#[test]
+fn sync_mode_leftovers_beside_current_are_removed_at_the_next_start() {
+    let env = Env::new();
+    env.config("activate = sync\n");
+    let path = env.root.join("app.zip");
+    zip(&path, &app("v1"));
+    let remote = path.to_str().expect("utf8");
+    env.fetch(remote).expect_code(0);
+
+    let trash = env.deploy.join(".current.trash-4242");
+    fs::create_dir_all(trash.join("data")).expect("mkdir trash");
+    fs::write(trash.join("data/payload.bin"), "old").expect("write");
+    let marker_tmp = env.deploy.join(".active.json.tmp-4242-0badf00d");
+    fs::write(&marker_tmp, "{").expect("write");
+
+    env.fetch(remote).expect_code(0);
+    assert!(!trash.exists(), "the trash of a removed current is swept");
+    assert!(!marker_tmp.exists(), "the marker's temporary file is swept");
+    assert_eq!(
+        fs::read_to_string(env.current().join("version.txt")).expect("version"),
+        "v1\n"
+    );
+    env.assert_clean();
+}
