@@ -139,7 +139,7 @@ pub async fn check(
             .map(|name| releases.root().join(name))
             .collect();
         let protect: Vec<&Path> = protect.iter().map(PathBuf::as_path).collect();
-        retain(settings, &releases, &mut state, &protect);
+        retain_off(settings, &releases, &mut state, &protect).await;
     }
     let live_name = live.as_ref().map(|l| l.name.clone());
     let live_info = live_name
@@ -247,8 +247,11 @@ pub async fn check(
             ))));
         }
     };
-    let release = releases
-        .publish(staging, &version)
+    // syncfs can take seconds on a busy disk: on the blocking pool, not on an async worker.
+    let (publisher, named) = (releases.clone(), version.clone());
+    let release = tokio::task::spawn_blocking(move || publisher.publish(staging, &named))
+        .await
+        .map_err(|e| anyhow!("publishing panicked: {e}"))?
         .with_context(|| format!("cannot publish the release of {version}"))?;
     let (stamp, sha256) = (artifact.stamp.clone(), artifact.sha256.clone());
     drop(artifact);
@@ -281,7 +284,10 @@ pub async fn check(
             created: chrono::Utc::now().to_rfc3339(),
         },
     );
-    save(&state, dir).inspect_err(|_| discard(&releases, &release))?;
+    if let Err(e) = save(&state, dir) {
+        discard(&releases, &release).await;
+        return Err(e);
+    }
 
     // 4.–6. Pre-update hooks, the switch, post-update hooks (and the rollback).
     let env = HookEnv {
@@ -300,7 +306,7 @@ pub async fn check(
     let switched = match go_live(settings, env, cancel).await {
         Ok(s) => s,
         Err(e) => {
-            discard(&releases, &release);
+            discard(&releases, &release).await;
             forget(&mut state, &name, dir);
             return Err(e);
         }
@@ -317,8 +323,30 @@ pub async fn check(
     if let Some(prev) = switched.previous.as_deref() {
         protect.push(prev);
     }
-    retain(settings, &releases, &mut state, &protect);
+    retain_off(settings, &releases, &mut state, &protect).await;
     Ok(Outcome::Deployed { version, release })
+}
+
+/// [`retain`] (whole directory trees removed) on the blocking pool, not on an async worker.
+async fn retain_off(
+    settings: &Settings,
+    releases: &Releases,
+    state: &mut State,
+    protect: &[&Path],
+) {
+    let (settings, releases) = (settings.clone(), releases.clone());
+    let protect: Vec<PathBuf> = protect.iter().map(|p| p.to_path_buf()).collect();
+    let mut owned = state.clone();
+    let pruned = tokio::task::spawn_blocking(move || {
+        let protect: Vec<&Path> = protect.iter().map(PathBuf::as_path).collect();
+        retain(&settings, &releases, &mut owned, &protect);
+        owned
+    })
+    .await;
+    match pruned {
+        Ok(pruned) => *state = pruned,
+        Err(e) => tracing::warn!("removing old releases panicked: {e}"),
+    }
 }
 
 /// Step 7: remove old releases beyond `keep`, never one in `protect`.
@@ -540,10 +568,13 @@ fn save(state: &State, dir: &Path) -> Result<(), CycleError> {
         .map_err(CycleError::Failed)
 }
 
-/// Remove a release this check created and will not keep.
-fn discard(releases: &Releases, release: &Path) {
-    if let Err(e) = releases.remove(release) {
-        tracing::warn!("cannot remove {}: {e}", release.display());
+/// Remove a release this check created and will not keep (on the blocking pool: a whole tree).
+async fn discard(releases: &Releases, release: &Path) {
+    let (remover, path) = (releases.clone(), release.to_path_buf());
+    match tokio::task::spawn_blocking(move || remover.remove(&path)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("cannot remove {}: {e}", release.display()),
+        Err(e) => tracing::warn!("removing {} panicked: {e}", release.display()),
     }
 }
 
