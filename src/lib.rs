@@ -13,6 +13,7 @@ pub mod cycle;
 pub mod daemon;
 pub mod exit;
 pub mod fsutil;
+pub mod handover;
 pub mod hooks;
 pub mod incremental;
 pub mod lock;
