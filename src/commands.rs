@@ -1,7 +1,8 @@
 //! The operator's commands beside the agent: `status`, `releases` and `rollback`. They read
 //! the same files the agent writes (`current`, `releases/`, `state.json`, `status.json`), so
 //! `status` and `releases` are safe while a daemon runs; `rollback` changes `current` and so
-//! takes the deploy lock like a check does.
+//! takes the deploy lock like a check does, or, when a daemon holds it, hands the rollback to
+//! that daemon through its control socket (`handover.rs`) and ends with its answer.
 
 use std::path::PathBuf;
 use std::time::Duration;

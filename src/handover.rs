@@ -145,7 +145,8 @@ impl ControlSocket {
         let bound = (|| -> io::Result<UnixListener> {
             std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
             let inner = private.join("sock");
-            let listener = std::os::unix::net::UnixListener::bind(&inner)?;
+            let (address, _dir) = addressable(&inner)?;
+            let listener = std::os::unix::net::UnixListener::bind(&address)?;
             std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
             listener.set_nonblocking(true)?;
             let listener = UnixListener::from_std(listener)?;
@@ -202,6 +203,27 @@ fn sweep_temporaries(directory: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The longest path `bind(2)` and `connect(2)` take (`sun_path` is 108 bytes, NUL included).
+const SUN_PATH_MAX: usize = 107;
+
+/// A name by which `path` can be bound or reached: itself, or, when it is too long for a
+/// socket address (a deep deploy directory), `/proc/self/fd/N/NAME` through its directory,
+/// opened and returned to be kept open until the call is made.
+fn addressable(path: &Path) -> io::Result<(PathBuf, Option<std::fs::File>)> {
+    use std::os::fd::AsRawFd;
+    if path.as_os_str().len() <= SUN_PATH_MAX {
+        return Ok((path.to_path_buf(), None));
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok((path.to_path_buf(), None));
+    };
+    let dir = std::fs::File::open(dir)?;
+    let short = Path::new("/proc/self/fd")
+        .join(dir.as_raw_fd().to_string())
+        .join(name);
+    Ok((short, Some(dir)))
 }
 
 async fn accept(listener: UnixListener, sender: mpsc::Sender<Incoming>) {
@@ -323,7 +345,12 @@ pub enum AskError {
 /// Send `request` to the daemon of `directory` and wait up to `wait` for its answer.
 pub async fn ask(directory: &Path, request: &Request, wait: Duration) -> Result<Answer, AskError> {
     let path = socket_path(directory);
-    let connected = timeout(Duration::from_secs(5), UnixStream::connect(&path)).await;
+    let (address, _dir) = match addressable(&path) {
+        Ok(a) => a,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(AskError::NoListener(path, e)),
+        Err(e) => return Err(AskError::Connect(path, e)),
+    };
+    let connected = timeout(Duration::from_secs(5), UnixStream::connect(&address)).await;
     let mut stream = match connected {
         Ok(Ok(s)) => s,
         Ok(Err(e))
@@ -430,6 +457,32 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(".lock")]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deep_directory_too_long_for_a_socket_address_works() {
+        let top = tempfile::tempdir().expect("tempdir");
+        let deep = top.path().join("d".repeat(60)).join("e".repeat(60));
+        assert!(socket_path(&deep).as_os_str().len() > SUN_PATH_MAX);
+        let lock = crate::lock::acquire(&deep).expect("lock");
+        let mut control = ControlSocket::bind(&deep, &lock).expect("bind");
+        let path = deep.clone();
+        let asking =
+            tokio::spawn(
+                async move { ask(&path, &rollback_to(None), Duration::from_secs(10)).await },
+            );
+        control
+            .next()
+            .await
+            .expect("a request")
+            .answer(Answer::new(Exit::Ok, "done".into()));
+        assert_eq!(
+            asking.await.expect("join").expect("answer").exit(),
+            Exit::Ok
+        );
+        drop(control);
+        let got = ask(&deep, &rollback_to(None), Duration::from_secs(10)).await;
+        assert!(matches!(got, Err(AskError::NoListener(..))), "{got:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
