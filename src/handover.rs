@@ -336,7 +336,10 @@ pub enum AskError {
     NoListener(PathBuf, io::Error),
     #[error("cannot reach the agent at {0}: {1}")]
     Connect(PathBuf, io::Error),
-    #[error("the agent did not answer within {}s; see its log", .0.as_secs())]
+    #[error(
+        "the agent did not answer within {}s (a long check before the rollback, or slow hooks); the request is withdrawn unless it had started: see the agent's log",
+        .0.as_secs()
+    )]
     Timeout(Duration),
     #[error("the conversation with the agent at {0} failed: {1}")]
     Io(PathBuf, io::Error),
@@ -533,6 +536,7 @@ mod tests {
         let path = socket_path(dir.path());
         // Connected, says nothing, never leaves.
         let _silent = UnixStream::connect(&path).await.expect("connect");
+        let started = std::time::Instant::now();
         // A line that never ends.
         let mut flood = UnixStream::connect(&path).await.expect("connect");
         let junk = vec![b'x'; MAX_LINE + 10];
@@ -566,6 +570,11 @@ mod tests {
         assert_eq!(
             asking.await.expect("join").expect("answer").exit(),
             Exit::Ok
+        );
+        assert!(
+            started.elapsed() < READ_TIMEOUT - Duration::from_secs(1),
+            "the others are served while the silent client waits out its timeout: {:?}",
+            started.elapsed()
         );
     }
 
