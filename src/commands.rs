@@ -1,9 +1,11 @@
 //! The operator's commands beside the agent: `status`, `releases` and `rollback`. They read
 //! the same files the agent writes (`current`, `releases/`, `state.json`, `status.json`), so
 //! `status` and `releases` are safe while a daemon runs; `rollback` changes `current` and so
-//! takes the deploy lock like a check does.
+//! takes the deploy lock like a check does, or, when a daemon holds it, hands the rollback to
+//! that daemon through its control socket (`handover.rs`) and ends with its answer.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
@@ -12,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::cycle::{self, CycleError};
 use crate::exit::Exit;
+use crate::handover::{self, AskError, Request, Rollback};
 use crate::hooks::{HookEnv, Phase};
 use crate::lock::{self, LockError};
 use crate::releases::Releases;
@@ -149,17 +152,25 @@ fn or_unknown(v: &str) -> &str {
 
 /// Switch `current` to the release before the live one, or to the one named by `to` (a
 /// release name or a unique prefix of its version), running the hooks as for an update, and
-/// pin it. When a running agent holds the deploy lock, it is asked to do the rollback (a
-/// request file and SIGUSR2) and this waits for its answer.
+/// pin it. When a daemon holds the deploy lock, it is asked to do the rollback through its
+/// control socket (`handover.rs`) and this waits for its answer; when a run that takes no
+/// requests holds it (`-f`, another `rollback`), this exits 5 at once.
 pub async fn rollback(settings: &Settings, to: Option<&str>) -> Exit {
-    let _lock = match lock::acquire(&settings.directory) {
+    let _lock = match lock::acquire_async(&settings.directory).await {
         Ok(l) => l,
-        Err(LockError::Held(path)) => return delegate_rollback(settings, to, &path).await,
+        Err(LockError::Held(_)) => return hand_over(settings, to).await,
         Err(e) => {
             tracing::error!("{e}");
             return Exit::Failed;
         }
     };
+    // No daemon runs (we hold the lock): a socket here is a killed daemon's.
+    if let Err(e) = handover::sweep(&settings.directory) {
+        tracing::warn!(
+            "cannot remove a control socket left in {}: {e}",
+            settings.directory.display()
+        );
+    }
     let (exit, message) = rollback_now(settings, to).await;
     if exit != Exit::Ok {
         tracing::error!("{message}");
@@ -175,145 +186,61 @@ pub async fn rollback_now(settings: &Settings, to: Option<&str>) -> (Exit, Strin
     }
 }
 
-/// A rollback asked of the running agent: `${directory}/rollback-request.json`, answered in
-/// `${directory}/rollback-result.json` with the same id.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct RollbackRequest {
-    pub id: String,
-    pub to: Option<String>,
+/// How long a requester waits for the daemon: it may be in a check (both hook chains and a
+/// rollback of its own, each up to hook-timeout) before it runs our rollback (the same again).
+fn answer_deadline(settings: &Settings) -> Duration {
+    settings.hook_timeout * 4 + Duration::from_secs(60)
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-struct RollbackResult {
-    id: String,
-    exit: i32,
-    message: String,
-}
-
-fn request_path(settings: &Settings) -> PathBuf {
-    settings.directory.join("rollback-request.json")
-}
-
-fn result_path(settings: &Settings) -> PathBuf {
-    settings.directory.join("rollback-result.json")
-}
-
-async fn delegate_rollback(
-    settings: &Settings,
-    to: Option<&str>,
-    lock_path: &std::path::Path,
-) -> Exit {
-    let Some(pid) = lock::holder(&settings.directory).and_then(rustix::process::Pid::from_raw)
-    else {
-        tracing::error!(
-            "another repo-deploy holds the lock {} and did not say which: stop it and run the rollback again",
-            lock_path.display()
-        );
-        return Exit::Locked;
+/// Ask the daemon that holds the lock to roll back, and end with its answer.
+async fn hand_over(settings: &Settings, to: Option<&str>) -> Exit {
+    let dir = &settings.directory;
+    let request = Request {
+        rollback: Rollback {
+            to: to.map(str::to_string),
+        },
     };
-    let request = RollbackRequest {
-        id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
-        to: to.map(str::to_string),
-    };
-    let written = serde_json::to_vec(&request)
-        .map_err(std::io::Error::other)
-        .and_then(|b| crate::state::write_atomic(&request_path(settings), &b));
-    if let Err(e) = written {
-        tracing::error!("cannot write {}: {e}", request_path(settings).display());
-        return Exit::Failed;
-    }
-    if let Err(e) = rustix::process::kill_process(pid, rustix::process::Signal::USR2) {
-        let _ = std::fs::remove_file(request_path(settings));
-        tracing::error!(
-            "the agent holding {} (pid {}) cannot be asked to roll back: {e}",
-            lock_path.display(),
-            pid.as_raw_nonzero()
-        );
-        return Exit::Locked;
-    }
     tracing::info!(
-        "asked the running agent (pid {}) to roll back",
-        pid.as_raw_nonzero()
+        "a repo-deploy agent holds the lock of {}: asking it to roll back",
+        dir.display()
     );
-    // Both hook chains may run, each up to hook-timeout, plus a rollback of its own.
-    let deadline = tokio::time::Instant::now()
-        + settings.hook_timeout * 4
-        + std::time::Duration::from_secs(60);
-    while tokio::time::Instant::now() < deadline {
-        if let Some(result) = std::fs::read(result_path(settings))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<RollbackResult>(&b).ok())
-            && result.id == request.id
-        {
-            let _ = std::fs::remove_file(result_path(settings));
-            if result.exit == 0 {
-                tracing::info!("{}", result.message);
+    match handover::ask(dir, &request, answer_deadline(settings)).await {
+        Ok(answer) => {
+            let exit = answer.exit();
+            if exit == Exit::Ok {
+                tracing::info!("{}", answer.message);
             } else {
-                tracing::error!("{}", result.message);
+                tracing::error!("{}", answer.message);
             }
-            return [
-                Exit::Ok,
-                Exit::Failed,
-                Exit::Usage,
-                Exit::Blocked,
-                Exit::RolledBack,
-                Exit::Locked,
-            ]
-            .into_iter()
-            .find(|e| e.code() == result.exit)
-            .unwrap_or(Exit::Failed);
+            exit
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    tracing::error!(
-        "the running agent (pid {}) did not answer the rollback request in time; see its log",
-        pid.as_raw_nonzero()
-    );
-    Exit::Failed
-}
-
-/// In the agent, on SIGUSR2: serve a pending rollback request, if any.
-pub async fn serve_rollback_request(settings: &Settings) {
-    let Some(request) = std::fs::read(request_path(settings))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<RollbackRequest>(&b).ok())
-    else {
-        tracing::warn!(
-            "SIGUSR2 without a readable {}: nothing to do",
-            request_path(settings).display()
-        );
-        return;
-    };
-    let _ = std::fs::remove_file(request_path(settings));
-    tracing::info!(
-        "SIGUSR2: rollback requested{}",
-        request
-            .to
-            .as_deref()
-            .map(|t| format!(" to {t}"))
-            .unwrap_or_default()
-    );
-    let (exit, message) = rollback_now(settings, request.to.as_deref()).await;
-    if exit == Exit::Ok {
-        tracing::info!("{message}");
-    } else {
-        tracing::error!("{message}");
-    }
-    let result = RollbackResult {
-        id: request.id,
-        exit: exit.code(),
-        message,
-    };
-    let written = serde_json::to_vec(&result)
-        .map_err(std::io::Error::other)
-        .and_then(|b| crate::state::write_atomic(&result_path(settings), &b));
-    if let Err(e) = written {
-        tracing::error!("cannot write {}: {e}", result_path(settings).display());
+        Err(AskError::NoListener(..)) => {
+            tracing::error!(
+                "another repo-deploy run holds the lock of {} and takes no requests (a one-shot -f run or another rollback): wait for it to finish and run the rollback again",
+                dir.display()
+            );
+            Exit::Locked
+        }
+        Err(e @ AskError::Connect(..)) => {
+            tracing::error!(
+                "another repo-deploy holds the lock of {} and cannot be asked to roll back: {e}",
+                dir.display()
+            );
+            Exit::Locked
+        }
+        Err(e) => {
+            tracing::error!("rollback through the running agent: {e}");
+            Exit::Failed
+        }
     }
 }
 
 async fn rollback_locked(settings: &Settings, to: Option<&str>) -> Result<String, CycleError> {
-    cycle::recover(settings)?;
+    // Sweeps and removals: on the blocking pool, not on an async worker.
+    let owned = settings.clone();
+    tokio::task::spawn_blocking(move || cycle::recover(&owned))
+        .await
+        .map_err(|e| anyhow!("recovery panicked: {e}"))??;
     let dir = &settings.directory;
     let mut state = State::load(dir);
     let list = releases(settings)?;

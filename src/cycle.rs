@@ -142,7 +142,7 @@ pub async fn check(
             .map(|name| releases.root().join(name))
             .collect();
         let protect: Vec<&Path> = protect.iter().map(PathBuf::as_path).collect();
-        retain(settings, &releases, &mut state, &protect);
+        retain_off(settings, &releases, &mut state, &protect).await;
     }
     let live_name = live.as_ref().map(|l| l.name.clone());
     let live_info = live_name
@@ -264,8 +264,11 @@ pub async fn check(
             ))));
         }
     };
-    let release = releases
-        .publish(staging, &version)
+    // syncfs can take seconds on a busy disk: on the blocking pool, not on an async worker.
+    let (publisher, named) = (releases.clone(), version.clone());
+    let release = tokio::task::spawn_blocking(move || publisher.publish(staging, &named))
+        .await
+        .map_err(|e| anyhow!("publishing panicked: {e}"))?
         .with_context(|| format!("cannot publish the release of {version}"))?;
     let (stamp, sha256) = (artifact.stamp.clone(), artifact.sha256.clone());
     drop(artifact);
@@ -298,9 +301,10 @@ pub async fn check(
             created: chrono::Utc::now().to_rfc3339(),
         },
     );
-    save(&state, dir).inspect_err(|_| {
-        discard(settings, &releases, &release);
-    })?;
+    if let Err(e) = save(&state, dir) {
+        discard(settings, &releases, &release).await;
+        return Err(e);
+    }
 
     // 4.–6. Pre-update hooks, the switch, post-update hooks (and the rollback).
     let env = HookEnv {
@@ -320,7 +324,7 @@ pub async fn check(
         Ok(s) => s,
         Err(e) => {
             // A release `current` still shows (its switch back failed) keeps its record.
-            if discard(settings, &releases, &release) {
+            if discard(settings, &releases, &release).await {
                 forget(&mut state, &name, dir);
             }
             return Err(e);
@@ -338,8 +342,30 @@ pub async fn check(
     if let Some(prev) = switched.previous.as_deref() {
         protect.push(prev);
     }
-    retain(settings, &releases, &mut state, &protect);
+    retain_off(settings, &releases, &mut state, &protect).await;
     Ok(Outcome::Deployed { version, release })
+}
+
+/// [`retain`] (whole directory trees removed) on the blocking pool, not on an async worker.
+async fn retain_off(
+    settings: &Settings,
+    releases: &Releases,
+    state: &mut State,
+    protect: &[&Path],
+) {
+    let (settings, releases) = (settings.clone(), releases.clone());
+    let protect: Vec<PathBuf> = protect.iter().map(|p| p.to_path_buf()).collect();
+    let mut owned = state.clone();
+    let pruned = tokio::task::spawn_blocking(move || {
+        let protect: Vec<&Path> = protect.iter().map(PathBuf::as_path).collect();
+        retain(&settings, &releases, &mut owned, &protect);
+        owned
+    })
+    .await;
+    match pruned {
+        Ok(pruned) => *state = pruned,
+        Err(e) => tracing::warn!("removing old releases panicked: {e}"),
+    }
 }
 
 /// Step 7: remove old releases beyond `keep`, never one in `protect`, nor the live one as
@@ -642,14 +668,20 @@ fn save(state: &State, dir: &Path) -> Result<(), CycleError> {
 }
 
 /// Remove a release this check created and will not keep, unless `current` shows it now
-/// (a switch back that failed): see [`live_now`]. Returns whether it was removed.
-fn discard(settings: &Settings, releases: &Releases, release: &Path) -> bool {
+/// (a switch back that failed): see [`live_now`]. The tree is removed on the blocking pool,
+/// not on an async worker. Returns whether it was removed.
+async fn discard(settings: &Settings, releases: &Releases, release: &Path) -> bool {
     match live_now(settings, releases) {
         Ok(live) if live.as_deref().and_then(Path::file_name) != release.file_name() => {
-            match releases.remove(release) {
-                Ok(()) => true,
-                Err(e) => {
+            let (remover, path) = (releases.clone(), release.to_path_buf());
+            match tokio::task::spawn_blocking(move || remover.remove(&path)).await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
                     tracing::warn!("cannot remove {}: {e}", release.display());
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!("removing {} panicked: {e}", release.display());
                     false
                 }
             }
@@ -771,7 +803,7 @@ mod tests {
                     panic!("{at}: the post-update hook failed, yet the switch stands");
                 };
                 // What `check` does with a release that did not go live.
-                discard(&settings, &releases, &b);
+                discard(&settings, &releases, &b).await;
                 let live = settings
                     .activator()
                     .live()

@@ -1,14 +1,28 @@
-//! The agent's life: the deploy lock, start-up recovery, signals, and the schedule loop that
-//! runs one check at a time. With `-f` it runs one check and returns its exit status.
+//! The agent's life: the deploy lock, start-up recovery, signals, the control socket, and the
+//! schedule loop that runs one thing at a time (a check or a requested rollback). With `-f` it
+//! runs one check and returns its exit status.
 //!
 //! Signals: SIGTERM and SIGINT cancel a check that has not switched yet (it cleans up) and
 //! let one that has switched finish, then stop the agent; SIGHUP re-reads the configuration
 //! (a broken one is logged and the old one kept); SIGUSR1 checks now. A check that overruns
 //! its slot skips the slots it missed: the next time is computed after it ends.
+//!
+//! The control socket (`handover.rs`, `${directory}/.control.sock`): the daemon, and only
+//! the daemon, binds it right after it takes the lock and before recovery and the first
+//! check, so `repo-deploy rollback` can hand it a rollback at any time. Its own tasks accept
+//! and read the requests (with timeouts) and queue them; this loop takes one from the queue
+//! only between checks, runs it as it would a check (signals heard, never two at once), and
+//! answers. A `-f` run binds nothing (a `rollback` meanwhile exits 5) and sweeps a socket a
+//! killed daemon left.
+//!
+//! What runs where: the loop and the checks' async steps on the runtime's two workers; the
+//! lock's retries, recovery (sweeps and removals) and the cycle's syncfs and removals on
+//! tokio's blocking pool, so a slow disk never stalls signals, telemetry or the socket.
 
 use std::future::Future;
 use std::time::Duration;
 
+use anyhow::anyhow;
 use chrono::Local;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -16,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ConfigError, Settings};
 use crate::cycle::{self, CycleError, Outcome};
 use crate::exit::Exit;
+use crate::handover::{self, Answer, ControlSocket, Incoming};
 use crate::lock::{self, DeployLock, LockError};
 use crate::schedule;
 use crate::source::Source;
@@ -28,7 +43,6 @@ struct Signals {
     int: Signal,
     hup: Signal,
     usr1: Signal,
-    usr2: Signal,
 }
 
 impl Signals {
@@ -38,7 +52,6 @@ impl Signals {
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
             usr1: signal(SignalKind::user_defined1())?,
-            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 }
@@ -51,8 +64,8 @@ struct Pending {
     check_now: bool,
 }
 
-fn take_lock(settings: &Settings) -> Result<DeployLock, Exit> {
-    lock::acquire(&settings.directory).map_err(|e| {
+async fn take_lock(settings: &Settings) -> Result<DeployLock, Exit> {
+    lock::acquire_async(&settings.directory).await.map_err(|e| {
         tracing::error!("{e}");
         match e {
             LockError::Held(_) => Exit::Locked,
@@ -67,10 +80,6 @@ pub async fn run(
     mut settings: Settings,
     reload: impl Fn() -> Result<Settings, ConfigError>,
 ) -> Exit {
-    let mut held = match take_lock(&settings) {
-        Ok(l) => l,
-        Err(exit) => return exit,
-    };
     let mut signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => {
@@ -78,7 +87,16 @@ pub async fn run(
             return Exit::Failed;
         }
     };
-    if let Err(e) = cycle::recover(&settings) {
+    let mut held = match take_lock(&settings).await {
+        Ok(l) => l,
+        Err(exit) => return exit,
+    };
+    // Declared after `held`, so dropped before it: the socket goes while the lock is held.
+    let mut control = match listen(&settings, &held) {
+        Ok(c) => c,
+        Err(exit) => return exit,
+    };
+    if let Err(e) = recover(&settings).await {
         tracing::error!("{e:#}");
         return Exit::Failed;
     }
@@ -122,7 +140,15 @@ pub async fn run(
                 break;
             }
             if pending.reload {
-                reload_with(&telemetry, &mut settings, &mut source, &mut held, &reload).await;
+                reload_with(
+                    &telemetry,
+                    &mut settings,
+                    &mut source,
+                    &mut held,
+                    &mut control,
+                    &reload,
+                )
+                .await;
             }
             check_now = pending.check_now;
             if check_now {
@@ -134,20 +160,99 @@ pub async fn run(
             () = sleep_or_forever(wait) => check_now = true,
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
-            _ = signals.hup.recv() => reload_with(&telemetry, &mut settings, &mut source, &mut held, &reload).await,
+            _ = signals.hup.recv() => reload_with(&telemetry, &mut settings, &mut source, &mut held, &mut control, &reload).await,
             _ = signals.usr1.recv() => {
                 tracing::info!("SIGUSR1: checking now");
                 check_now = true;
             }
-            // `repo-deploy rollback` asks through a request file (we hold the lock); one that
-            // arrives during a check waits for it, as the signal stays pending until here.
-            _ = signals.usr2.recv() => crate::commands::serve_rollback_request(&settings).await,
             () = telemetry.triggered() => check_now = true,
+            // `repo-deploy rollback` through the control socket; one that arrived during a
+            // check waited in the queue until here.
+            Some(incoming) = next_request(&mut control) => {
+                let pending = serve(&settings, incoming, &mut signals).await;
+                if pending.stop {
+                    break;
+                }
+                if pending.reload {
+                    reload_with(&telemetry, &mut settings, &mut source, &mut held, &mut control, &reload).await;
+                }
+                check_now = pending.check_now;
+            }
         }
     }
     telemetry.stopping();
     tracing::info!("stopped");
     Exit::Ok
+}
+
+/// The daemon binds the control socket (replacing one a killed daemon left); a `-f` run,
+/// which takes no requests, only removes such a leftover. Both hold the lock.
+fn listen(settings: &Settings, held: &DeployLock) -> Result<Option<ControlSocket>, Exit> {
+    if settings.once {
+        if let Err(e) = handover::sweep(&settings.directory) {
+            tracing::warn!(
+                "cannot remove a control socket left in {}: {e}",
+                settings.directory.display()
+            );
+        }
+        return Ok(None);
+    }
+    match ControlSocket::bind(&settings.directory, held) {
+        Ok(c) => Ok(Some(c)),
+        Err(e) => {
+            tracing::error!(
+                "cannot listen on {} (for `repo-deploy rollback`): {e}; check the permissions of {}",
+                handover::socket_path(&settings.directory).display(),
+                settings.directory.display()
+            );
+            Err(Exit::Failed)
+        }
+    }
+}
+
+/// The next queued request; never, without a socket.
+async fn next_request(control: &mut Option<ControlSocket>) -> Option<Incoming> {
+    match control {
+        Some(c) => c.next().await,
+        None => None,
+    }
+}
+
+/// Run a requested rollback as a check is run (signals heard; a stop waits for its end) and
+/// answer it. A request whose requester has left is dropped unrun.
+async fn serve(settings: &Settings, incoming: Incoming, signals: &mut Signals) -> Pending {
+    let mut pending = Pending::default();
+    let to = incoming.request.rollback.to.clone();
+    let what = to
+        .as_deref()
+        .map(|t| format!(" to {t}"))
+        .unwrap_or_default();
+    if incoming.is_withdrawn() {
+        tracing::warn!(
+            "rollback{what} requested, but the requester left before it started: not rolling back"
+        );
+        return pending;
+    }
+    tracing::info!("serving the rollback{what} requested through the control socket");
+    // A rollback, once started, runs to its end: the token is never cancelled.
+    let never = CancellationToken::new();
+    let rollback = crate::commands::rollback_now(settings, to.as_deref());
+    let (exit, message) = with_signals(rollback, signals, &never, &mut pending).await;
+    if exit == Exit::Ok {
+        tracing::info!("{message}");
+    } else {
+        tracing::error!("{message}");
+    }
+    incoming.answer(Answer::new(exit, message));
+    pending
+}
+
+/// `cycle::recover` (sweeps and removals) on the blocking pool.
+async fn recover(settings: &Settings) -> anyhow::Result<()> {
+    let settings = settings.clone();
+    tokio::task::spawn_blocking(move || cycle::recover(&settings))
+        .await
+        .map_err(|e| anyhow!("recovery panicked: {e}"))?
 }
 
 /// Time until the schedule's next slot after now, plus this host's splay (`None`: it never
@@ -265,18 +370,21 @@ async fn reload_with(
     settings: &mut Settings,
     source: &mut Source,
     held: &mut DeployLock,
+    control: &mut Option<ControlSocket>,
     reload: &impl Fn() -> Result<Settings, ConfigError>,
 ) {
     telemetry.reloading();
-    reconfigure(settings, source, held, reload).await;
+    reconfigure(settings, source, held, control, reload).await;
     telemetry.reloaded(settings).await;
 }
 
-/// SIGHUP: re-read the configuration; keep the old one if the new one is broken.
+/// SIGHUP: re-read the configuration; keep the old one if the new one is broken. A new
+/// directory moves the lock and the control socket there.
 async fn reconfigure(
     settings: &mut Settings,
     source: &mut Source,
     held: &mut DeployLock,
+    control: &mut Option<ControlSocket>,
     reload: &impl Fn() -> Result<Settings, ConfigError>,
 ) {
     let mut fresh = match reload() {
@@ -298,14 +406,27 @@ async fn reconfigure(
         }
     };
     if fresh.directory != settings.directory {
-        match lock::acquire(&fresh.directory) {
-            Ok(l) => *held = l,
+        let lock = match lock::acquire_async(&fresh.directory).await {
+            Ok(l) => l,
             Err(e) => {
                 tracing::error!("SIGHUP: configuration not reloaded, keeping the old one: {e}");
                 return;
             }
-        }
-        if let Err(e) = cycle::recover(&fresh) {
+        };
+        let socket = match ControlSocket::bind(&fresh.directory, &lock) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(
+                    "SIGHUP: configuration not reloaded, keeping the old one: cannot listen on {}: {e}",
+                    handover::socket_path(&fresh.directory).display()
+                );
+                return;
+            }
+        };
+        // The old socket is removed while the old lock is still held.
+        *control = Some(socket);
+        *held = lock;
+        if let Err(e) = recover(&fresh).await {
             tracing::warn!("{e:#}");
         }
     }

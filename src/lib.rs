@@ -15,6 +15,7 @@ pub mod decide;
 pub mod events;
 pub mod exit;
 pub mod fsutil;
+pub mod handover;
 pub mod hooks;
 pub mod incremental;
 pub mod lock;

@@ -8,11 +8,16 @@
 //!   middle of a removal never leaves a half-deleted release that looks whole.
 //! - Hidden entries are leftovers by definition: [`Releases::sweep`] deletes them at start
 //!   and before each check, under the deploy lock.
+//!
+//! Everything here is synchronous and may block for long (`syncfs`, `remove_dir_all` of a
+//! whole tree): async callers (`cycle.rs`, the commands) run it with `spawn_blocking`.
 
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+use crate::fsutil::unique_suffix;
 
 /// The releases directory of a deploy directory.
 #[derive(Debug, Clone)]
@@ -43,10 +48,6 @@ impl Drop for Staging {
             tracing::warn!("cannot remove staging {}: {e}", self.path.display());
         }
     }
-}
-
-fn unique_suffix() -> String {
-    format!("{}-{:08x}", std::process::id(), rand::random::<u32>())
 }
 
 /// Keep what is safe in a directory name: ASCII letters, digits, `.`, `_` and `-`.

@@ -1,6 +1,7 @@
 //! The daemon: first check at start, scheduled checks, SIGUSR1 (check now), SIGHUP (reload,
 //! keeping the old configuration when the new one is broken), SIGTERM (exit 0), the lock held
-//! while idle, and no redeploy after a restart. Waits poll with a deadline.
+//! while idle, no redeploy after a restart, and a control socket that no client can stall.
+//! Waits poll with a deadline.
 
 use std::fs;
 use std::time::{Duration, Instant};
@@ -265,4 +266,31 @@ fn configuration_error_at_start_exits_2() {
     let status = d.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(2), "{}", d.stderr());
     assert!(!env.deploy.exists());
+}
+
+/// Clients of the control socket that connect and say nothing, or half a request, are read
+/// with a timeout by tasks of their own: checks, SIGTERM and the clean-up go on.
+#[test]
+fn silent_control_socket_clients_do_not_stall_the_daemon() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    let env = Env::new();
+    let nginx = Nginx::start(&env.root, &[]);
+    nginx.publish_zip("app.zip", &app("v1"));
+    let mut d = env
+        .cmd()
+        .args(["-r", &nginx.url("app.zip"), "-s", YEARLY])
+        .spawn();
+    d.wait_for("v1 live", || is_live(&env, "v1"));
+    let socket = env.deploy.join(".control.sock");
+    let _silent = UnixStream::connect(&socket).expect("connect");
+    let mut half = UnixStream::connect(&socket).expect("connect");
+    half.write_all(b"{\"rollback\"").expect("half a request");
+
+    nginx.publish_zip("app.zip", &app("v2"));
+    d.signal_until(libc::SIGUSR1, "v2 live", || is_live(&env, "v2"));
+    stop(&mut d);
+    assert!(!socket.exists(), "the socket is removed at exit");
+    env.assert_clean();
 }

@@ -64,3 +64,19 @@ fn held_lock_exits_5_at_once_and_released_lock_lets_it_run() {
         "v1\n"
     );
 }
+
+/// The lock file holds nothing (no pid another command could signal; issue 11) and only its
+/// owner may open it.
+#[test]
+fn the_lock_file_is_empty_and_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let env = Env::new();
+    let path = env.root.join("app.zip");
+    zip(&path, &[file("version.txt", "v1\n", 0o644)]);
+    env.fetch(path.to_str().expect("utf8")).expect_code(0);
+    let lock = env.deploy.join(".lock");
+    let meta = fs::metadata(&lock).expect("the lock file stays");
+    assert_eq!(meta.len(), 0, "{:?}", fs::read_to_string(&lock));
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+}
