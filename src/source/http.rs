@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::ranges::{self, RangeRead, Tail};
-use super::{Artifact, Content, Fetched};
+use super::{Artifact, Content, Fetched, etag_version};
 use crate::config::Settings;
 use crate::incremental::Base;
 use crate::state::Stamp;
@@ -31,14 +31,6 @@ pub struct HttpSource {
     shown: String,
     cache: std::path::PathBuf,
     stall: Duration,
-}
-
-/// The version id of an ETag: without `W/` and quotes.
-pub fn etag_version(etag: &str) -> String {
-    etag.trim()
-        .trim_start_matches("W/")
-        .trim_matches('"')
-        .to_string()
 }
 
 impl HttpSource {
@@ -316,16 +308,4 @@ fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::etag_version;
-
-    #[test]
-    fn etag_versions_lose_quotes_and_weakness() {
-        assert_eq!(etag_version("\"5f1-abc\""), "5f1-abc");
-        assert_eq!(etag_version("W/\"5f1\""), "5f1");
-        assert_eq!(etag_version("bare"), "bare");
-    }
 }
