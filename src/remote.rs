@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 use url::Url;
 
+use crate::secret::Secret;
+
 /// A parsed remote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Remote {
@@ -245,21 +247,25 @@ fn is_secret_param(name: &str) -> bool {
 }
 
 /// The secrets a remote string carries (user-info and secret query values), so the log
-/// writer can mask them wherever they appear, even inside a library's error message.
+/// writer can mask them wherever they appear, even inside a library's error message. Both
+/// the user-info as written and as decoded by [`decode_userinfo`] (what is sent) are listed.
 pub fn secrets(input: &str) -> Vec<String> {
     let mut found = Vec::new();
     if let Ok(url) = Url::parse(input) {
-        if let Some(p) = url.password() {
-            found.push(p.to_string());
-            if let Ok(decoded) = urlencoding_decode(p) {
+        let mut add = |raw: &str| {
+            found.push(raw.to_string());
+            if let Ok(decoded) = decode_userinfo(raw, "secret") {
                 found.push(decoded);
             }
+        };
+        if let Some(p) = url.password() {
+            add(p);
         }
         // A user name beside a password is not a secret (masking it would mangle every log
         // line that holds the word, `deploy` say); alone, it is usually a token
         // (`https://TOKEN@host/repo.git`).
         if url.password().is_none() && !url.username().is_empty() {
-            found.push(url.username().to_string());
+            add(url.username());
         }
         for (k, v) in url.query_pairs() {
             if is_secret_param(&k) && !v.is_empty() {
@@ -268,15 +274,69 @@ pub fn secrets(input: &str) -> Vec<String> {
         }
     }
     found.retain(|s| s.len() >= 3);
+    found.dedup();
     found
 }
 
-fn urlencoding_decode(s: &str) -> Result<String, std::string::FromUtf8Error> {
-    let bytes: Vec<u8> = url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned().into_bytes())
-        .unwrap_or_default();
-    String::from_utf8(bytes)
+/// Why the user-info of a URL cannot be used.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum UserinfoError {
+    #[error(
+        "the {0} in the URL is not valid UTF-8 once its %XX escapes are decoded; escape each byte of a UTF-8 character"
+    )]
+    Utf8(&'static str),
+    #[error(
+        "the {0} in the URL contains a NUL or a line break (%00, %0A or %0D), which cannot be sent"
+    )]
+    Control(&'static str),
+}
+
+/// The user name and password of a URL, decoded by [`decode_userinfo`]; `None` when the URL
+/// has neither. The one decoder of user-info: the HTTP source, the git credential helper and
+/// the masking of logs all see the same password.
+pub fn userinfo(url: &Url) -> Result<Option<(String, Option<Secret>)>, UserinfoError> {
+    if url.username().is_empty() && url.password().is_none() {
+        return Ok(None);
+    }
+    let user = decode_userinfo(url.username(), "user name")?;
+    let password = url
+        .password()
+        .map(|p| decode_userinfo(p, "password").map(Secret::new))
+        .transpose()?;
+    Ok(Some((user, password)))
+}
+
+/// Decode one part (`what`: "user name", "password") of a URL's user-info: `%XX` escapes
+/// only, as RFC 3986 defines it. Not form decoding: a `+` stays a `+` (bug 3 of issue 11:
+/// a password `a+b` was sent as `a b`). An escape that is not `%` and two hex digits is kept
+/// as written, as the `url` crate and curl do. A NUL or line break is refused: no header or
+/// credential protocol can carry one, and git's would read it as the end of a field.
+pub fn decode_userinfo(text: &str, what: &'static str) -> Result<String, UserinfoError> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    let decoded = String::from_utf8(out).map_err(|_| UserinfoError::Utf8(what))?;
+    if decoded.contains(['\0', '\n', '\r']) {
+        return Err(UserinfoError::Control(what));
+    }
+    Ok(decoded)
 }
 
 impl fmt::Display for GitRemote {
@@ -423,6 +483,57 @@ mod tests {
             token,
             vec!["ghp_t0ken".to_string()],
             "a lone user name is a token"
+        );
+    }
+
+    #[test]
+    fn userinfo_is_percent_decoded_not_form_decoded() {
+        let d = |s| decode_userinfo(s, "password");
+        assert_eq!(d("a+b"), Ok("a+b".into()), "a `+` is a plus, not a space");
+        assert_eq!(d("a%2Bb"), Ok("a+b".into()));
+        assert_eq!(d("p%40ss"), Ok("p@ss".into()));
+        assert_eq!(
+            d("p%3as%3A"),
+            Ok("p:s:".into()),
+            "either case of hex digits"
+        );
+        assert_eq!(d("caf%C3%A9"), Ok("café".into()), "UTF-8 from escapes");
+        assert_eq!(d("café"), Ok("café".into()), "UTF-8 as written");
+        assert_eq!(d("100%"), Ok("100%".into()), "a bare `%` is kept");
+        assert_eq!(d("%zz%4"), Ok("%zz%4".into()), "invalid escapes are kept");
+        assert_eq!(d("%FF"), Err(UserinfoError::Utf8("password")));
+        for bad in ["a%00b", "a%0Ab", "a%0db"] {
+            assert_eq!(d(bad), Err(UserinfoError::Control("password")), "{bad}");
+        }
+    }
+
+    #[test]
+    fn userinfo_of_a_url() {
+        let u = |s: &str| userinfo(&Url::parse(s).expect(s));
+        let (user, pass) = u("https://de%40ploy:a+b%2Bc@h/x.zip")
+            .expect("valid")
+            .expect("credentials");
+        assert_eq!(user, "de@ploy");
+        assert_eq!(pass.as_ref().map(Secret::expose), Some("a+b+c"));
+        assert_eq!(u("https://h/x.zip"), Ok(None));
+        let (user, pass) = u("https://tok3n@h/x.git").expect("valid").expect("token");
+        assert_eq!((user.as_str(), pass), ("tok3n", None));
+        let (user, pass) = u("https://:pw@h/x.zip").expect("valid").expect("password");
+        assert_eq!(
+            (user.as_str(), pass.as_ref().map(Secret::expose)),
+            ("", Some("pw"))
+        );
+        assert!(u("https://u:a%0Ab@h/x.zip").is_err());
+    }
+
+    #[test]
+    fn the_masked_password_is_the_one_sent() {
+        let s = secrets("https://user:s3cret+pa%40ss@h/a.zip");
+        assert!(s.contains(&"s3cret+pa@ss".to_string()), "{s:?}");
+        assert!(s.contains(&"s3cret+pa%40ss".to_string()), "{s:?}");
+        assert!(
+            !s.iter().any(|x| x.contains(' ')),
+            "no form-decoded `+`: {s:?}"
         );
     }
 }

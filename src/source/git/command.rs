@@ -153,7 +153,7 @@ impl<'a> Git<'a> {
                 .env(ENV_PROTOCOL, &c.protocol)
                 .env(ENV_HOST, &c.host)
                 .env(ENV_USERNAME, &c.username)
-                .env(ENV_PASSWORD, &c.password);
+                .env(ENV_PASSWORD, c.password.expose());
         }
         if self.untrusted {
             cmd.env("GIT_PROTOCOL_FROM_USER", "0");

@@ -4,7 +4,10 @@
 
 use std::fmt;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
+
+use crate::remote::decode_userinfo;
+use crate::secret::Secret;
 
 /// A repository URL as git gets it (no credentials), and the credentials it carried.
 #[derive(Debug, Clone)]
@@ -22,7 +25,7 @@ pub(super) struct Credentials {
     /// `host[:port]` as git's credential protocol names it.
     pub(super) host: String,
     pub(super) username: String,
-    pub(super) password: String,
+    pub(super) password: Secret,
 }
 
 impl fmt::Debug for Credentials {
@@ -66,10 +69,8 @@ impl Endpoint {
             let credentials = Credentials {
                 protocol,
                 host: host.to_string(),
-                username: percent_decode(user)
-                    .context("the user name in the URL is not valid UTF-8")?,
-                password: percent_decode(password.unwrap_or(""))
-                    .context("the password in the URL is not valid UTF-8")?,
+                username: decode_userinfo(user, "user name")?,
+                password: Secret::new(decode_userinfo(password.unwrap_or(""), "password")?),
             };
             let bare = format!("{}{}", &url[..start], &url[at + 1..]);
             return Ok(Endpoint {
@@ -85,35 +86,6 @@ impl Endpoint {
             untrusted: false,
         })
     }
-}
-
-/// `%XX` escapes decoded (no `+` → space: this is a URL's user-info, not a form).
-pub(super) fn percent_decode(text: &str) -> Result<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    let decoded = String::from_utf8(out)?;
-    if decoded.contains(['\n', '\0']) {
-        bail!("it contains a control character");
-    }
-    Ok(decoded)
 }
 
 /// The transport of a URL as git's protocol policy names it.
@@ -172,7 +144,7 @@ mod tests {
             ("https", "git.example:8443")
         );
         assert_eq!(
-            (c.username.as_str(), c.password.as_str()),
+            (c.username.as_str(), c.password.expose()),
             ("deploy", "s@cret")
         );
         let debug = format!("{e:?}");
@@ -183,7 +155,10 @@ mod tests {
 
         let token = Endpoint::parse("https://tok3n@h/app.git").expect("parse");
         assert_eq!(token.url, "https://h/app.git");
-        assert_eq!(token.credentials.expect("credentials").password, "");
+        assert_eq!(
+            token.credentials.expect("credentials").password.expose(),
+            ""
+        );
         let ssh = Endpoint::parse("ssh://git:pw@h/app.git").expect("parse");
         assert_eq!(
             (ssh.url.as_str(), ssh.credentials.is_none()),
