@@ -1,9 +1,20 @@
-//! What a remote is: parsing the SPEC's remote forms into a [`Remote`], and masking the
-//! credentials a URL may carry before it is ever printed.
+//! What a remote is: parsing the SPEC's remote forms into a [`Remote`], decoding the
+//! credentials a URL's user-info carries ([`userinfo`], the one decoder), and masking them
+//! before a URL is ever printed.
 //!
 //! The rule that decides the kind comes from the SPEC: a URL whose path has a segment ending
-//! in `.git` is git; otherwise the scheme decides; a string without a scheme is a local path
-//! (or, in the scp-like form `user@host:org/app.git`, git).
+//! in `.git` is git; otherwise the scheme decides. A string without a scheme (`://`) is git's
+//! scp-like form (`[user@]host:path`) when git itself would take it for one, else a local path.
+//!
+//! git's rule (`url_is_local_not_ssh` in `connect.c`, which `git fetch` and `git ls-remote`
+//! apply; the agent runs those) is: no `://`, and a `:` before the first `/`. We follow it as
+//! is, so that a remote means what it means to git: `deployhost:/srv/app.git#main` and
+//! `deployhost:org/app` (no `user@`, no `.git`) are git, while `./dir:x/` and
+//! `/srv/a:b/app.zip` (a `/` first) are local. We do not follow `git clone`'s exception (a
+//! local path that exists wins): it would make the meaning of a remote depend on the files of
+//! the moment. A relative local path whose first component has a `:` is written `./a:b.zip`.
+//! Windows drive letters (`C:…`, git's other exception) do not arise on the hosts we run on.
+//! The `:` that ends the host is looked for after a bracketed IPv6 host (`[::1]:app.git`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -133,16 +144,29 @@ fn has_git_segment(path: &str) -> bool {
         .any(|seg| seg.len() > 4 && seg.ends_with(".git"))
 }
 
-/// `user@host:org/app.git`: no scheme, a `:` before the first `/`, and a user or a `.git`.
+/// git's scp-like form `[user@]host:path` (see the module doc): no scheme (the caller checked),
+/// a `:` before the first `/`, and a host before it.
 fn is_scp_like(input: &str) -> bool {
     let Some(colon) = input.find(':') else {
         return false;
     };
-    let host_part = &input[..colon];
-    if host_part.is_empty() || host_part.contains('/') {
-        return false;
-    }
-    host_part.contains('@') || has_git_segment(&input[colon + 1..])
+    let slash_first = input.find('/').is_some_and(|slash| slash < colon);
+    !slash_first && scp_separator(input).is_some_and(|i| i > 0 && !input[..i].ends_with('@'))
+}
+
+/// The `:` between host and path of an scp-like address, after a bracketed host
+/// (`[::1]:app.git`, `git@[::1]:app.git`) as git's `host_end` skips it.
+fn scp_separator(input: &str) -> Option<usize> {
+    let host = input
+        .find('@')
+        .filter(|&at| !input[..at].contains(':'))
+        .map_or(0, |at| at + 1);
+    let from = if input[host..].starts_with('[') {
+        host + input[host..].find(']')?
+    } else {
+        host
+    };
+    input[from..].find(':').map(|i| from + i)
 }
 
 /// Split `URL/app.git/sub/dir#ref` into the repository URL, the sub-directory and the ref.
@@ -154,7 +178,7 @@ fn split_git(input: &str, shown: &str) -> Result<GitRemote, RemoteError> {
     };
     // Find the first path segment that ends in `.git`; what follows is the sub-directory.
     let path_start = body.find("://").map_or_else(
-        || body.find(':').map_or(0, |i| i + 1),
+        || scp_separator(body).map_or(0, |i| i + 1),
         |i| body[i + 3..].find('/').map_or(body.len(), |j| i + 3 + j),
     );
     let mut offset = path_start;
@@ -534,6 +558,84 @@ mod tests {
         assert!(
             !s.iter().any(|x| x.contains(' ')),
             "no form-decoded `+`: {s:?}"
+        );
+    }
+
+    #[test]
+    fn scp_like_forms_follow_gits_rule() {
+        // Bug 9 of issue 11: without `user@`, a `#ref` after `.git` made these local paths.
+        let cases = [
+            (
+                "deployhost:/srv/app.git",
+                "deployhost:/srv/app.git",
+                None,
+                None,
+            ),
+            (
+                "deployhost:org/app.git",
+                "deployhost:org/app.git",
+                None,
+                None,
+            ),
+            (
+                "deployhost:/srv/app.git/site#main",
+                "deployhost:/srv/app.git",
+                Some("site"),
+                Some("main"),
+            ),
+            (
+                "deployhost:/srv/app.git#main",
+                "deployhost:/srv/app.git",
+                None,
+                Some("main"),
+            ),
+            (
+                "deployhost:org/app.git#v1",
+                "deployhost:org/app.git",
+                None,
+                Some("v1"),
+            ),
+            ("deployhost:org/app", "deployhost:org/app", None, None),
+            (
+                "git@host:org/app.git/path#branch",
+                "git@host:org/app.git",
+                Some("path"),
+                Some("branch"),
+            ),
+            (
+                "[::1]:/srv/app.git#main",
+                "[::1]:/srv/app.git",
+                None,
+                Some("main"),
+            ),
+            (
+                "git@[::1]:org/app.git/site",
+                "git@[::1]:org/app.git",
+                Some("site"),
+                None,
+            ),
+        ];
+        for (input, url, path, reference) in cases {
+            assert_eq!(p(input), git(url, path, reference), "{input}");
+        }
+    }
+
+    #[test]
+    fn a_slash_before_the_colon_is_a_local_path() {
+        assert_eq!(p("./dir:x/"), Remote::Local("/work/./dir:x/".into()));
+        assert_eq!(
+            p("/srv/a:b/app.zip"),
+            Remote::Local("/srv/a:b/app.zip".into())
+        );
+        assert_eq!(
+            p("./app:v1.zip"),
+            Remote::Local("/work/./app:v1.zip".into())
+        );
+        assert_eq!(p("site/a:b"), Remote::Local("/work/site/a:b".into()));
+        assert_eq!(
+            p(":app.zip"),
+            Remote::Local("/work/:app.zip".into()),
+            "no host"
         );
     }
 }
