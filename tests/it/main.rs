@@ -33,4 +33,5 @@ mod releases;
 mod s3;
 mod secrets;
 mod signals;
+mod ssh;
 mod telemetry;

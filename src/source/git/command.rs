@@ -275,8 +275,43 @@ async fn read_some<R: AsyncRead + Unpin>(
     }
 }
 
-/// git's stderr in one line: from its first `fatal:`/`error:` line on (a few lines), else its
-/// last lines; progress meters dropped and URLs masked.
+/// What ssh (or a server) prints before git's own `fatal:` when it says why: kept in the
+/// summary, since git's line ("Could not read from remote repository") says only that it
+/// failed (bug 9 of issue 11). Lines starting with `ssh:` are kept too.
+const REASONS: &[&str] = &[
+    "Host key verification failed",
+    "host key",
+    "HOST IDENTIFICATION HAS CHANGED",
+    "Permission denied",
+    "Too many authentication failures",
+    "Connection refused",
+    "Connection timed out",
+    "Connection closed",
+    "Connection reset",
+    "Could not resolve hostname",
+    "No route to host",
+    "Network is unreachable",
+    "kex_exchange_identification",
+    "Load key",
+    "no such identity",
+    "Bad owner or permissions",
+    "ERROR:",
+];
+
+/// What to do about the commonest SSH failures, after ssh's reason.
+const HINT_UNKNOWN_HOST: &str = "hint: ssh does not know the server's host key; add it to the \
+known_hosts of the user running the agent, e.g. `ssh-keyscan -p PORT HOST >> ~/.ssh/known_hosts` \
+(after checking its fingerprint), or name a file with `UserKnownHostsFile` in that user's ssh config";
+const HINT_CHANGED_HOST: &str = "hint: the server's host key is not the one in known_hosts; if \
+the change is expected, replace the old entry (`ssh-keygen -R HOST`, then `ssh-keyscan`), \
+otherwise something may be intercepting the connection";
+const HINT_REFUSED_KEY: &str = "hint: the server refused every key offered; check the key the \
+agent's user offers (`IdentityFile` in its ssh config, or `GIT_SSH_COMMAND`) and that its public \
+half is in the server's authorized_keys for the user in the URL";
+
+/// git's stderr in one line: what ssh said about why (see [`REASONS`]), then git's first
+/// `fatal:`/`error:` line on (a few lines), else its last lines; progress meters dropped, URLs
+/// masked, and a hint for the commonest SSH failures.
 fn summarize(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
     let lines: Vec<&str> = text
@@ -287,11 +322,42 @@ fn summarize(stderr: &[u8]) -> String {
     let first_error = lines
         .iter()
         .position(|l| l.starts_with("fatal:") || l.starts_with("error:"));
-    let chosen = match first_error {
-        Some(i) => &lines[i..lines.len().min(i + 4)],
-        None => &lines[lines.len().saturating_sub(2)..],
-    };
-    chosen.iter().map(|l| mask(l)).collect::<Vec<_>>().join(" ")
+    let mut chosen: Vec<&str> = Vec::new();
+    match first_error {
+        Some(i) => {
+            let why = lines[..i]
+                .iter()
+                .filter(|l| l.starts_with("ssh:") || REASONS.iter().any(|r| l.contains(r)));
+            for line in why {
+                if !chosen.contains(line) && chosen.len() < 3 {
+                    chosen.push(line);
+                }
+            }
+            chosen.extend(&lines[i..lines.len().min(i + 4)]);
+        }
+        None => chosen.extend(&lines[lines.len().saturating_sub(2)..]),
+    }
+    let mut summary = chosen.iter().map(|l| mask(l)).collect::<Vec<_>>().join(" ");
+    if let Some(hint) = ssh_hint(&lines) {
+        summary.push_str(" (");
+        summary.push_str(hint);
+        summary.push(')');
+    }
+    summary
+}
+
+/// The hint for an SSH failure that ssh's own lines identify.
+fn ssh_hint(lines: &[&str]) -> Option<&'static str> {
+    let said = |what: &str| lines.iter().any(|l| l.contains(what));
+    if said("HOST IDENTIFICATION HAS CHANGED") {
+        Some(HINT_CHANGED_HOST)
+    } else if said("Host key verification failed") {
+        Some(HINT_UNKNOWN_HOST)
+    } else if said("Permission denied (publickey") {
+        Some(HINT_REFUSED_KEY)
+    } else {
+        None
+    }
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -343,5 +409,66 @@ mod tests {
         );
         let other = ask("evil.example").await;
         assert!(!other.contains("pa55word"), "{other}");
+    }
+
+    const READ_FAILED: &str = "fatal: Could not read from remote repository.\n\n\
+        Please make sure you have the correct access rights\nand the repository exists.\n";
+
+    #[test]
+    fn ssh_says_why_before_gits_fatal_line_and_that_is_kept_with_a_hint() {
+        let unknown = format!(
+            "No ED25519 host key is known for [127.0.0.1]:2222 and you have requested strict checking.\r\n\
+             Host key verification failed.\r\n{READ_FAILED}"
+        );
+        let s = summarize(unknown.as_bytes());
+        assert!(
+            s.starts_with("No ED25519 host key is known for [127.0.0.1]:2222")
+                && s.contains("Host key verification failed. fatal: Could not read"),
+            "{s}"
+        );
+        assert!(
+            s.contains("ssh-keyscan") && s.contains("known_hosts"),
+            "{s}"
+        );
+
+        let refused = format!("git@127.0.0.1: Permission denied (publickey).\r\n{READ_FAILED}");
+        let s = summarize(refused.as_bytes());
+        assert!(
+            s.starts_with("git@127.0.0.1: Permission denied (publickey). fatal:"),
+            "{s}"
+        );
+        assert!(s.contains("IdentityFile"), "{s}");
+
+        let changed = format!(
+            "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
+             @    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n\
+             Host key verification failed.\n{READ_FAILED}"
+        );
+        assert!(summarize(changed.as_bytes()).contains("ssh-keygen -R"));
+
+        let refused_port =
+            format!("ssh: connect to host 127.0.0.1 port 1: Connection refused\r\n{READ_FAILED}");
+        let s = summarize(refused_port.as_bytes());
+        assert!(
+            s.starts_with("ssh: connect to host 127.0.0.1 port 1"),
+            "{s}"
+        );
+        assert!(
+            !s.contains("hint"),
+            "no hint for what it does not know: {s}"
+        );
+    }
+
+    #[test]
+    fn progress_and_chatter_before_an_error_are_left_out() {
+        let out = b"remote: Enumerating objects: 3, done.\r\n\
+            Receiving objects:  50% (1/2)\rReceiving objects: 100% (2/2), done.\n\
+            Warning: Permanently added '[127.0.0.1]:2222' (ED25519) to the list of known hosts.\n\
+            fatal: remote error: upload-pack: not our ref 1234\n";
+        assert_eq!(
+            summarize(out),
+            "fatal: remote error: upload-pack: not our ref 1234"
+        );
+        assert_eq!(summarize(b"one\ntwo\nthree\n"), "two three");
     }
 }
