@@ -8,7 +8,7 @@
 
 use std::fs;
 
-use crate::git_support::{Output, Repos, SshClient, Sshd, World, tree};
+use crate::git_support::{Output, Repos, SshClient, Sshd, World, keygen, ssh_user, tree};
 
 /// A world with the fixture repositories in `origin`, an sshd and an ssh client for it.
 fn setup(world: &World) -> (Repos<'_>, Sshd, SshClient) {
@@ -39,34 +39,46 @@ fn a_host_alias_without_user_and_a_ref_after_dot_git_deploys_over_ssh() {
     let (repos, sshd, client) = setup(&world);
     sshd.authorize(&client.public);
     client.trust(&sshd);
-    // The scp-like form without `user@`, a sub-directory and `#ref` (bug 9: this was taken
-    // for a local path); the submodules' relative URLs resolve to the same alias.
-    let remote = format!("deployhost:{}/app.git/site#main", repos.origin.display());
+    // The scp-like form without `user@`, `#ref` right after `.git` (bug 9: this was taken for
+    // a local path); the submodules' relative URLs resolve to the same alias.
+    let remote = format!("deployhost:{}/app.git#next", repos.origin.display());
+    let out = run(&world, &client, &remote);
+    assert_eq!(out.status.code(), Some(0), "{}", dump(&out, &sshd));
+    let t = tree(&world.live());
+    assert_eq!(
+        t.get("site/index.html").map(String::as_str),
+        Some("file 644 <h1>next</h1>\n"),
+        "branch `next`, the whole tree: {t:#?}"
+    );
+    assert_eq!(
+        t.get("site/lib/vendor/deep.txt").map(String::as_str),
+        Some("file 644 deep v1\n"),
+        "submodules over ssh: {t:#?}"
+    );
+    assert_eq!(
+        world.take_log().last(),
+        Some(&format!("post {}", repos.rev("next")))
+    );
+
+    // The `ssh://user@host:port/path` form, a sub-directory and a tag.
+    let remote = format!(
+        "ssh://{}@127.0.0.1:{}{}/app.git/site#v1",
+        ssh_user(),
+        sshd.port,
+        repos.origin.display()
+    );
     let out = run(&world, &client, &remote);
     assert_eq!(out.status.code(), Some(0), "{}", dump(&out, &sshd));
     let t = tree(&world.live());
     assert_eq!(
         t.get("index.html").map(String::as_str),
         Some("file 644 <h1>v1</h1>\n"),
-        "{t:#?}"
+        "tag v1, only /site: {t:#?}"
     );
     assert_eq!(
-        t.get("lib/vendor/deep.txt").map(String::as_str),
-        Some("file 644 deep v1\n"),
-        "submodules over ssh: {t:#?}"
+        t.get("lib/lib.txt").map(String::as_str),
+        Some("file 644 lib v1\n")
     );
-    assert_eq!(world.take_log()[1], format!("post {}", repos.head()));
-
-    // The `ssh://user@host:port/path` form, the ref by its tag.
-    let remote = format!(
-        "ssh://{}@127.0.0.1:{}{}/app.git#v1",
-        crate::git_support::ssh_user(),
-        sshd.port,
-        repos.origin.display()
-    );
-    let out = run(&world, &client, &remote);
-    assert_eq!(out.status.code(), Some(0), "{}", dump(&out, &sshd));
-    assert!(world.live().join("README.md").is_file(), "the whole tree");
 }
 
 #[test]
@@ -97,7 +109,7 @@ fn a_key_the_server_refuses_fails_saying_so_with_a_hint() {
     let (repos, sshd, client) = setup(&world);
     client.trust(&sshd);
     // Another key is authorized, not the client's.
-    sshd.authorize(&crate::git_support::keygen(&world.root.join("other_key")));
+    sshd.authorize(&keygen(&world.root.join("other_key")));
     let remote = format!("deployhost:{}/app.git", repos.origin.display());
     let out = run(&world, &client, &remote);
     assert_eq!(out.status.code(), Some(1), "{}", dump(&out, &sshd));
