@@ -3,6 +3,10 @@
 //! session of its own with stdin closed, bounded by a total time or by a silence on stderr,
 //! and killed with its whole process group on timeout or cancellation. What it printed on
 //! stderr is reduced to the lines that say why it failed ([`summarize`]).
+//!
+//! The rest of the agent's environment reaches git as is: `GIT_SSH_COMMAND`, `GIT_SSH`,
+//! `SSH_AUTH_SOCK` and the user's ssh configuration are how an operator points git's ssh at
+//! a key, a `known_hosts` or a host alias.
 
 use std::ffi::OsString;
 use std::io;
