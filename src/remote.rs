@@ -1,15 +1,28 @@
-//! What a remote is: parsing the SPEC's remote forms into a [`Remote`], and masking the
-//! credentials a URL may carry before it is ever printed.
+//! What a remote is: parsing the SPEC's remote forms into a [`Remote`], decoding the
+//! credentials a URL's user-info carries ([`userinfo`], the one decoder), and masking them
+//! before a URL is ever printed.
 //!
 //! The rule that decides the kind comes from the SPEC: a URL whose path has a segment ending
-//! in `.git` is git; otherwise the scheme decides; a string without a scheme is a local path
-//! (or, in the scp-like form `user@host:org/app.git`, git).
+//! in `.git` is git; otherwise the scheme decides. A string without a scheme (`://`) is git's
+//! scp-like form (`[user@]host:path`) when git itself would take it for one, else a local path.
+//!
+//! git's rule (`url_is_local_not_ssh` in `connect.c`, which `git fetch` and `git ls-remote`
+//! apply; the agent runs those) is: no `://`, and a `:` before the first `/`. We follow it as
+//! is, so that a remote means what it means to git: `deployhost:/srv/app.git#main` and
+//! `deployhost:org/app` (no `user@`, no `.git`) are git, while `./dir:x/` and
+//! `/srv/a:b/app.zip` (a `/` first) are local. We do not follow `git clone`'s exception (a
+//! local path that exists wins): it would make the meaning of a remote depend on the files of
+//! the moment. A relative local path whose first component has a `:` is written `./a:b.zip`.
+//! Windows drive letters (`C:…`, git's other exception) do not arise on the hosts we run on.
+//! The `:` that ends the host is looked for after a bracketed IPv6 host (`[::1]:app.git`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 use url::Url;
+
+use crate::secret::Secret;
 
 /// A parsed remote. Its `Debug` masks credentials, like everything that can be printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -132,16 +145,29 @@ fn has_git_segment(path: &str) -> bool {
         .any(|seg| seg.len() > 4 && seg.ends_with(".git"))
 }
 
-/// `user@host:org/app.git`: no scheme, a `:` before the first `/`, and a user or a `.git`.
+/// git's scp-like form `[user@]host:path` (see the module doc): no scheme (the caller checked),
+/// a `:` before the first `/`, and a host before it.
 fn is_scp_like(input: &str) -> bool {
     let Some(colon) = input.find(':') else {
         return false;
     };
-    let host_part = &input[..colon];
-    if host_part.is_empty() || host_part.contains('/') {
-        return false;
-    }
-    host_part.contains('@') || has_git_segment(&input[colon + 1..])
+    let slash_first = input.find('/').is_some_and(|slash| slash < colon);
+    !slash_first && scp_separator(input).is_some_and(|i| i > 0 && !input[..i].ends_with('@'))
+}
+
+/// The `:` between host and path of an scp-like address, after a bracketed host
+/// (`[::1]:app.git`, `git@[::1]:app.git`) as git's `host_end` skips it.
+fn scp_separator(input: &str) -> Option<usize> {
+    let host = input
+        .find('@')
+        .filter(|&at| !input[..at].contains(':'))
+        .map_or(0, |at| at + 1);
+    let from = if input[host..].starts_with('[') {
+        host + input[host..].find(']')?
+    } else {
+        host
+    };
+    input[from..].find(':').map(|i| from + i)
 }
 
 /// Split `URL/app.git/sub/dir#ref` into the repository URL, the sub-directory and the ref.
@@ -153,7 +179,7 @@ fn split_git(input: &str, shown: &str) -> Result<GitRemote, RemoteError> {
     };
     // Find the first path segment that ends in `.git`; what follows is the sub-directory.
     let path_start = body.find("://").map_or_else(
-        || body.find(':').map_or(0, |i| i + 1),
+        || scp_separator(body).map_or(0, |i| i + 1),
         |i| body[i + 3..].find('/').map_or(body.len(), |j| i + 3 + j),
     );
     let mut offset = path_start;
@@ -246,21 +272,25 @@ fn is_secret_param(name: &str) -> bool {
 }
 
 /// The secrets a remote string carries (user-info and secret query values), so the log
-/// writer can mask them wherever they appear, even inside a library's error message.
+/// writer can mask them wherever they appear, even inside a library's error message. Both
+/// the user-info as written and as decoded by [`decode_userinfo`] (what is sent) are listed.
 pub fn secrets(input: &str) -> Vec<String> {
     let mut found = Vec::new();
     if let Ok(url) = Url::parse(input) {
-        if let Some(p) = url.password() {
-            found.push(p.to_string());
-            if let Ok(decoded) = urlencoding_decode(p) {
+        let mut add = |raw: &str| {
+            found.push(raw.to_string());
+            if let Ok(decoded) = decode_userinfo(raw, "secret") {
                 found.push(decoded);
             }
+        };
+        if let Some(p) = url.password() {
+            add(p);
         }
         // A user name beside a password is not a secret (masking it would mangle every log
         // line that holds the word, `deploy` say); alone, it is usually a token
         // (`https://TOKEN@host/repo.git`).
         if url.password().is_none() && !url.username().is_empty() {
-            found.push(url.username().to_string());
+            add(url.username());
         }
         for (k, v) in url.query_pairs() {
             if is_secret_param(&k) && !v.is_empty() {
@@ -269,15 +299,69 @@ pub fn secrets(input: &str) -> Vec<String> {
         }
     }
     found.retain(|s| s.len() >= 3);
+    found.dedup();
     found
 }
 
-fn urlencoding_decode(s: &str) -> Result<String, std::string::FromUtf8Error> {
-    let bytes: Vec<u8> = url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned().into_bytes())
-        .unwrap_or_default();
-    String::from_utf8(bytes)
+/// Why the user-info of a URL cannot be used.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum UserinfoError {
+    #[error(
+        "the {0} in the URL is not valid UTF-8 once its %XX escapes are decoded; escape each byte of a UTF-8 character"
+    )]
+    Utf8(&'static str),
+    #[error(
+        "the {0} in the URL contains a NUL or a line break (%00, %0A or %0D), which cannot be sent"
+    )]
+    Control(&'static str),
+}
+
+/// The user name and password of a URL, decoded by [`decode_userinfo`]; `None` when the URL
+/// has neither. The one decoder of user-info: the HTTP source, the git credential helper and
+/// the masking of logs all see the same password.
+pub fn userinfo(url: &Url) -> Result<Option<(String, Option<Secret>)>, UserinfoError> {
+    if url.username().is_empty() && url.password().is_none() {
+        return Ok(None);
+    }
+    let user = decode_userinfo(url.username(), "user name")?;
+    let password = url
+        .password()
+        .map(|p| decode_userinfo(p, "password").map(Secret::new))
+        .transpose()?;
+    Ok(Some((user, password)))
+}
+
+/// Decode one part (`what`: "user name", "password") of a URL's user-info: `%XX` escapes
+/// only, as RFC 3986 defines it. Not form decoding: a `+` stays a `+` (bug 3 of issue 11:
+/// a password `a+b` was sent as `a b`). An escape that is not `%` and two hex digits is kept
+/// as written, as the `url` crate and curl do. A NUL or line break is refused: no header or
+/// credential protocol can carry one, and git's would read it as the end of a field.
+pub fn decode_userinfo(text: &str, what: &'static str) -> Result<String, UserinfoError> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    let decoded = String::from_utf8(out).map_err(|_| UserinfoError::Utf8(what))?;
+    if decoded.contains(['\0', '\n', '\r']) {
+        return Err(UserinfoError::Control(what));
+    }
+    Ok(decoded)
 }
 
 impl fmt::Display for GitRemote {
@@ -441,6 +525,135 @@ mod tests {
             token,
             vec!["ghp_t0ken".to_string()],
             "a lone user name is a token"
+        );
+    }
+
+    #[test]
+    fn userinfo_is_percent_decoded_not_form_decoded() {
+        let d = |s| decode_userinfo(s, "password");
+        assert_eq!(d("a+b"), Ok("a+b".into()), "a `+` is a plus, not a space");
+        assert_eq!(d("a%2Bb"), Ok("a+b".into()));
+        assert_eq!(d("p%40ss"), Ok("p@ss".into()));
+        assert_eq!(
+            d("p%3as%3A"),
+            Ok("p:s:".into()),
+            "either case of hex digits"
+        );
+        assert_eq!(d("caf%C3%A9"), Ok("café".into()), "UTF-8 from escapes");
+        assert_eq!(d("café"), Ok("café".into()), "UTF-8 as written");
+        assert_eq!(d("100%"), Ok("100%".into()), "a bare `%` is kept");
+        assert_eq!(d("%zz%4"), Ok("%zz%4".into()), "invalid escapes are kept");
+        assert_eq!(d("%FF"), Err(UserinfoError::Utf8("password")));
+        for bad in ["a%00b", "a%0Ab", "a%0db"] {
+            assert_eq!(d(bad), Err(UserinfoError::Control("password")), "{bad}");
+        }
+    }
+
+    #[test]
+    fn userinfo_of_a_url() {
+        let u = |s: &str| userinfo(&Url::parse(s).expect(s));
+        let (user, pass) = u("https://de%40ploy:a+b%2Bc@h/x.zip")
+            .expect("valid")
+            .expect("credentials");
+        assert_eq!(user, "de@ploy");
+        assert_eq!(pass.as_ref().map(Secret::expose), Some("a+b+c"));
+        assert_eq!(u("https://h/x.zip"), Ok(None));
+        let (user, pass) = u("https://tok3n@h/x.git").expect("valid").expect("token");
+        assert_eq!((user.as_str(), pass), ("tok3n", None));
+        let (user, pass) = u("https://:pw@h/x.zip").expect("valid").expect("password");
+        assert_eq!(
+            (user.as_str(), pass.as_ref().map(Secret::expose)),
+            ("", Some("pw"))
+        );
+        assert!(u("https://u:a%0Ab@h/x.zip").is_err());
+    }
+
+    #[test]
+    fn the_masked_password_is_the_one_sent() {
+        let s = secrets("https://user:s3cret+pa%40ss@h/a.zip");
+        assert!(s.contains(&"s3cret+pa@ss".to_string()), "{s:?}");
+        assert!(s.contains(&"s3cret+pa%40ss".to_string()), "{s:?}");
+        assert!(
+            !s.iter().any(|x| x.contains(' ')),
+            "no form-decoded `+`: {s:?}"
+        );
+    }
+
+    #[test]
+    fn scp_like_forms_follow_gits_rule() {
+        // Bug 9 of issue 11: without `user@`, a `#ref` after `.git` made these local paths.
+        let cases = [
+            (
+                "deployhost:/srv/app.git",
+                "deployhost:/srv/app.git",
+                None,
+                None,
+            ),
+            (
+                "deployhost:org/app.git",
+                "deployhost:org/app.git",
+                None,
+                None,
+            ),
+            (
+                "deployhost:/srv/app.git/site#main",
+                "deployhost:/srv/app.git",
+                Some("site"),
+                Some("main"),
+            ),
+            (
+                "deployhost:/srv/app.git#main",
+                "deployhost:/srv/app.git",
+                None,
+                Some("main"),
+            ),
+            (
+                "deployhost:org/app.git#v1",
+                "deployhost:org/app.git",
+                None,
+                Some("v1"),
+            ),
+            ("deployhost:org/app", "deployhost:org/app", None, None),
+            (
+                "git@host:org/app.git/path#branch",
+                "git@host:org/app.git",
+                Some("path"),
+                Some("branch"),
+            ),
+            (
+                "[::1]:/srv/app.git#main",
+                "[::1]:/srv/app.git",
+                None,
+                Some("main"),
+            ),
+            (
+                "git@[::1]:org/app.git/site",
+                "git@[::1]:org/app.git",
+                Some("site"),
+                None,
+            ),
+        ];
+        for (input, url, path, reference) in cases {
+            assert_eq!(p(input), git(url, path, reference), "{input}");
+        }
+    }
+
+    #[test]
+    fn a_slash_before_the_colon_is_a_local_path() {
+        assert_eq!(p("./dir:x/"), Remote::Local("/work/./dir:x/".into()));
+        assert_eq!(
+            p("/srv/a:b/app.zip"),
+            Remote::Local("/srv/a:b/app.zip".into())
+        );
+        assert_eq!(
+            p("./app:v1.zip"),
+            Remote::Local("/work/./app:v1.zip".into())
+        );
+        assert_eq!(p("site/a:b"), Remote::Local("/work/site/a:b".into()));
+        assert_eq!(
+            p(":app.zip"),
+            Remote::Local("/work/:app.zip".into()),
+            "no host"
         );
     }
 }

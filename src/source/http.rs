@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::ranges::{self, RangeRead, Tail};
-use super::{Artifact, Content, Fetched};
+use super::{Artifact, Content, Fetched, etag_version};
 use crate::config::Settings;
 use crate::incremental::Base;
+use crate::secret::Secret;
 use crate::state::Stamp;
 
 #[derive(Debug)]
@@ -26,35 +27,19 @@ pub struct HttpSource {
     client: reqwest::Client,
     /// The URL without credentials.
     url: Url,
-    user: Option<(String, Option<String>)>,
+    /// Basic-auth user and password from the URL's user-info (`remote::userinfo`).
+    user: Option<(String, Option<Secret>)>,
     /// The URL as printed (credentials masked).
     shown: String,
     cache: std::path::PathBuf,
     stall: Duration,
 }
 
-/// The version id of an ETag: without `W/` and quotes.
-pub fn etag_version(etag: &str) -> String {
-    etag.trim()
-        .trim_start_matches("W/")
-        .trim_matches('"')
-        .to_string()
-}
-
 impl HttpSource {
     pub fn new(url: &Url, settings: &Settings) -> Result<HttpSource> {
+        let shown = &settings.remote_display;
+        let user = crate::remote::userinfo(url).with_context(|| format!("remote {shown}"))?;
         let mut bare = url.clone();
-        let user = if url.username().is_empty() && url.password().is_none() {
-            None
-        } else {
-            let decode = |s: &str| {
-                url::form_urlencoded::parse(format!("x={s}").as_bytes())
-                    .next()
-                    .map(|(_, v)| v.into_owned())
-                    .unwrap_or_default()
-            };
-            Some((decode(url.username()), url.password().map(decode)))
-        };
         let _ = bare.set_username("");
         let _ = bare.set_password(None);
         let client = reqwest::Client::builder()
@@ -93,7 +78,7 @@ impl HttpSource {
     ) -> Result<Fetched> {
         let mut req = self.client.get(self.url.clone());
         if let Some((user, pass)) = &self.user {
-            req = req.basic_auth(user, pass.as_ref());
+            req = req.basic_auth(user, pass.as_ref().map(Secret::expose));
         }
         if let Some(stamp) = known {
             if let Some(etag) = &stamp.etag {
@@ -257,7 +242,7 @@ impl RangeRead for HttpSource {
             .header(RANGE, format!("bytes={start}-{}", end - 1))
             .header(IF_MATCH, etag);
         if let Some((user, pass)) = &self.user {
-            req = req.basic_auth(user, pass.as_ref());
+            req = req.basic_auth(user, pass.as_ref().map(Secret::expose));
         }
         let mut resp = req
             .send()
@@ -316,16 +301,4 @@ fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::etag_version;
-
-    #[test]
-    fn etag_versions_lose_quotes_and_weakness() {
-        assert_eq!(etag_version("\"5f1-abc\""), "5f1-abc");
-        assert_eq!(etag_version("W/\"5f1\""), "5f1");
-        assert_eq!(etag_version("bare"), "bare");
-    }
 }

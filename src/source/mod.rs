@@ -134,6 +134,15 @@ impl Artifact {
     }
 }
 
+/// The version id of an ETag: without `W/` and quotes. Shared by the sources that speak
+/// ETags (HTTP, S3) and by `ranges.rs`, which checks a ranged answer against it.
+pub fn etag_version(etag: &str) -> String {
+    etag.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .to_string()
+}
+
 /// A configured remote.
 #[derive(Debug)]
 pub enum Source {
@@ -295,4 +304,16 @@ pub fn sweep_cache(cache: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::etag_version;
+
+    #[test]
+    fn etag_versions_lose_quotes_and_weakness() {
+        assert_eq!(etag_version("\"5f1-abc\""), "5f1-abc");
+        assert_eq!(etag_version("W/\"5f1\""), "5f1");
+        assert_eq!(etag_version("bare"), "bare");
+    }
 }

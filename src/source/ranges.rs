@@ -292,7 +292,7 @@ pub async fn assemble<R: RangeRead>(
     shown: &str,
     cancel: &CancellationToken,
 ) -> Result<Option<Artifact>> {
-    let version_of = |etag: &str| super::http::etag_version(etag);
+    let version_of = super::etag_version;
     if tail.start == 0 {
         // The whole ZIP fit in the tail: an ordinary download.
         return complete(tail, cache).map(Some);
@@ -460,7 +460,7 @@ fn complete(tail: Tail, cache: &Path) -> Result<Artifact> {
     let version = tail
         .etag
         .as_deref()
-        .map(super::http::etag_version)
+        .map(super::etag_version)
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| sha256.clone());
     Ok(Artifact {

@@ -245,7 +245,7 @@ impl S3Source {
             super::download(body, expected, &self.cache, shown, self.stall, cancel).await?;
         let version = etag
             .as_deref()
-            .map(super::http::etag_version)
+            .map(super::etag_version)
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| sha256.clone());
         Ok(Fetched::New(Artifact {

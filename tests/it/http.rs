@@ -632,3 +632,33 @@ fn without_validators_the_same_content_is_not_redeployed() {
     );
     env.assert_clean();
 }
+
+/// Bug 3 of issue 11: the URL's user-info was form-decoded, so a `+` in the password was sent
+/// as a space and the server refused it. User-info is percent-decoded only (RFC 3986).
+#[test]
+fn a_plus_in_the_url_password_is_sent_as_a_plus() {
+    const PASS: &str = "s3cret+pa@ss=w0rd"; // nginx's htpasswd ends a password at `:`
+    let env = Env::new();
+    let nginx = Nginx::start(&env.root, &[("deployer", PASS)]);
+    nginx.publish_zip("private/app.zip", &app("v1"));
+
+    // `+` as is, `@` escaped: the password is `PASS`, not `s3cret pa@ss=w0rd`.
+    let url = nginx.url_with_auth("deployer", "s3cret+pa%40ss=w0rd", "private/app.zip");
+    let out = env.run(&["-f", "-v", "-r", &url]);
+    out.expect_code(0);
+    assert_eq!(version_of_live(&env), "v1\n");
+    // `%2B` is the same password: the second check is a 304 with it.
+    let escaped = nginx.url_with_auth("deployer", "s3cret%2Bpa%40ss=w0rd", "private/app.zip");
+    let second = env.run(&["-f", "-v", "-r", &escaped]);
+    second.expect_code(0);
+    for out in [&out, &second] {
+        let all = out.all();
+        assert!(
+            !all.contains(PASS) && !all.contains("s3cret+pa%40ss") && !all.contains("s3cret%2Bpa"),
+            "the password leaked into the output:\n{}",
+            out.dump()
+        );
+    }
+    let statuses: Vec<u16> = nginx.access_log().iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [200, 304], "both forms authenticate");
+}

@@ -34,4 +34,5 @@ mod releases;
 mod s3;
 mod secrets;
 mod signals;
+mod ssh;
 mod telemetry;

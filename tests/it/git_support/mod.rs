@@ -1,6 +1,7 @@
 //! Harness for the git remote tests (`tests/git.rs`): a fresh temporary world per test, git
 //! fixtures built with the git CLI, real servers on loopback (`git daemon` for git://, nginx +
-//! fcgiwrap + `git http-backend` for smart HTTP), and the real binary run with a deadline.
+//! fcgiwrap + `git http-backend` for smart HTTP, an `sshd` of the test's own for ssh, see
+//! `sshd.rs`), and the real binary run with a deadline.
 //!
 //! Every git the binary starts goes through a wrapper on `PATH` that logs its arguments, so
 //! tests can tell which commands a check ran (an unchanged check runs only `ls-remote`) and
@@ -20,6 +21,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+mod sshd;
+pub use sshd::{SshClient, Sshd, keygen, user as ssh_user};
 
 /// How long one `-f` run may take before it is killed and the test fails.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -163,6 +167,17 @@ impl World {
 
     /// Start the binary with the world's directories (output in `run.stdout`/`run.stderr`).
     pub fn spawn_args(&self, args: &[&str]) -> Child {
+        self.spawn_args_env(args, &[])
+    }
+
+    /// `repo-deploy -f -v -r remote` with these variables added to its environment (after the
+    /// `GIT_*` and `REPO_DEPLOY_*` of the test process were removed).
+    pub fn run_env(&self, remote: &str, vars: &[(&str, &str)]) -> Output {
+        self.finish(self.spawn_args_env(&["-f", "-v", "-r", remote], vars))
+    }
+
+    /// [`World::spawn_args`] with these variables added to the binary's environment.
+    pub fn spawn_args_env(&self, args: &[&str], vars: &[(&str, &str)]) -> Child {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_repo-deploy"));
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("REPO_DEPLOY_")
@@ -188,6 +203,7 @@ impl World {
             .env("PATH", std::env::join_paths(paths).expect("PATH"))
             .env("HOME", &self.home)
             .env("GIT_CONFIG_NOSYSTEM", "1")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout).expect("stdout file"))
             .stderr(fs::File::create(&stderr).expect("stderr file"));
