@@ -166,6 +166,7 @@ impl ControlSocket {
     }
 
     /// Where it listens.
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }

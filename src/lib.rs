@@ -4,29 +4,36 @@
 //! benchmarks run the same code. Data flows one way: `cli` → `config` (resolved `Settings`) →
 //! `daemon` / `cycle`, which drive the modules below them. See docs/ARCHITECTURE.md.
 
-pub mod activate;
+#![deny(unsafe_op_in_unsafe_fn)]
+
+// The library's API, chosen as ripgrep's crates choose theirs: what the binary (`main.rs`), the
+// integration tests, the man-page generator and the fuzz target use. Everything else is private
+// to the crate, so a module's `pub` means "for its callers here", and the compiler finds what
+// nothing calls.
 pub mod cli;
 pub mod cmdline;
 pub mod commands;
 pub mod config;
-pub mod cycle;
 pub mod daemon;
-pub mod decide;
-pub mod events;
 pub mod exit;
-pub mod fsutil;
-pub mod handover;
-pub mod hooks;
-pub mod incremental;
-pub mod lock;
 pub mod logging;
 pub mod progress;
-pub mod releases;
 pub mod remote;
-pub mod schedule;
-pub mod secret;
 pub mod source;
-pub mod state;
-pub mod systemd;
-pub mod telemetry;
 pub mod unpack;
+
+mod activate;
+mod cycle;
+mod decide;
+mod events;
+mod fsutil;
+mod handover;
+mod hooks;
+mod incremental;
+mod lock;
+mod releases;
+mod schedule;
+mod secret;
+mod state;
+mod systemd;
+mod telemetry;

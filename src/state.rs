@@ -7,11 +7,13 @@
 //! costs one full download (whose content hash then matches the live release's).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
 
 /// The remote's answer that identifies a version, kept to make the next check cheap.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,48 +81,13 @@ impl LastCheck {
             error,
             last_success,
         };
-        let tmp = directory.join(format!(".status.json.tmp-{}", std::process::id()));
         let written = serde_json::to_vec_pretty(&check)
             .map_err(io::Error::other)
-            .and_then(|bytes| fs::write(&tmp, bytes))
-            .and_then(|()| fs::rename(&tmp, Self::path(directory)));
+            .and_then(|bytes| fsutil::write_atomic(&Self::path(directory), &bytes));
         if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
             tracing::warn!("cannot write {}: {e}", Self::path(directory).display());
         }
     }
-}
-
-/// Replace `path` with `bytes` atomically (temp file beside it, then rename), without fsync:
-/// for small files whose loss in a power cut costs nothing.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Replace `directory/name` with `bytes` atomically and durably: a temp file beside it
-/// (`.NAME.tmp-PID`, swept at start), fsync, rename, fsync of the directory.
-fn write_durable(directory: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = directory.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, directory.join(name))?;
-        File::open(directory)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// A switch whose post-update hooks have not passed yet, in `${directory}/post-hooks.json`:
@@ -153,7 +120,7 @@ impl PendingPost {
     /// Record, durably, that the post-update hooks of this switch are due.
     pub fn save(&self, directory: &Path) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        write_durable(directory, Self::NAME, &bytes)
+        fsutil::write_durable(&directory.join(Self::NAME), &bytes)
     }
 
     /// The hooks are done (passed, or rolled back): forget the record. Not fsynced: if a power
@@ -223,7 +190,7 @@ impl State {
     /// Write the state atomically and durably.
     pub fn save(&self, directory: &Path) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        write_durable(directory, "state.json", &bytes)
+        fsutil::write_durable(&Self::path(directory), &bytes)
     }
 
     /// Remove the temporary files of a `save` (or a status record) that a crash or `kill -9`
