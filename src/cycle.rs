@@ -26,7 +26,7 @@ use crate::exit::Exit;
 use crate::hooks::{self, HookEnv, HookError, Phase};
 use crate::releases::Releases;
 use crate::source::{Fetched, Source};
-use crate::state::{PendingPost, ReleaseInfo, State};
+use crate::state::{PostHooksDue, ReleaseInfo, State};
 
 /// What a successful check did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,10 +104,10 @@ pub fn recover(settings: &Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot clean {}", settings.directory.display()))?;
     // Step 7 again: a kill after the post-update hooks but before the retention, or a lower
     // `keep`, left releases too many. The newest other release stays (`keep` is at least 2):
-    // the one before the live one. With post-update hooks pending, the first check runs them
+    // the one before the live one. With post-update hooks due, the first check runs them
     // (and may roll back) and prunes after them; with `current` unreadable, nothing is pruned.
     if let Ok(live) = live
-        && PendingPost::load(&settings.directory).is_none()
+        && PostHooksDue::load(&settings.directory).is_none()
     {
         let live = live.map(|l| releases.root().join(l.name));
         let protect: Vec<&Path> = live.iter().map(PathBuf::as_path).collect();
@@ -433,7 +433,7 @@ async fn go_live_with(
     // The switch. From here on this runs to its end, whatever the signals say.
     let release = env.current.clone();
     let dir = &settings.directory;
-    let pending = PendingPost {
+    let due = PostHooksDue {
         release: release_name(&release)
             .ok_or_else(|| anyhow!("release {} has no name", release.display()))?,
         previous: activator
@@ -443,8 +443,7 @@ async fn go_live_with(
         version: env.version.clone(),
         previous_version: env.previous_version.clone(),
     };
-    pending
-        .save(dir)
+    due.save(dir)
         .with_context(|| format!("cannot write {}/post-hooks.json", dir.display()))?;
     let switch_started = Instant::now();
     let switched = match switch(activator, &release).await {
@@ -511,7 +510,7 @@ async fn deactivate(activator: &Activator, release: &Path) -> std::io::Result<()
 }
 
 /// Step 6: the post-update hooks of a switch to `release`; a failure switches back. Either
-/// way the switch's [`PendingPost`] record is then done with.
+/// way the switch's [`PostHooksDue`] record is then done with.
 async fn post_hooks(
     settings: &Settings,
     activator: &Activator,
@@ -535,49 +534,49 @@ async fn post_hooks(
             ))),
         },
     };
-    PendingPost::clear(&settings.directory);
+    PostHooksDue::clear(&settings.directory);
     result
 }
 
-/// Finish a switch whose post-update hooks a crash cut short (see [`PendingPost`]): if its
+/// Finish a switch whose post-update hooks a crash cut short (see [`PostHooksDue`]): if its
 /// release is still live, run the hooks again, and roll back if they fail. Returns the
 /// switch whose hooks passed, if any.
 async fn resume(
     settings: &Settings,
     releases: &Releases,
     live: Option<&crate::activate::LiveRelease>,
-) -> Result<Option<PendingPost>, CycleError> {
+) -> Result<Option<PostHooksDue>, CycleError> {
     let dir = &settings.directory;
-    let Some(pending) = PendingPost::load(dir) else {
+    let Some(due) = PostHooksDue::load(dir) else {
         return Ok(None);
     };
-    let Some(live) = live.filter(|l| l.name == pending.release) else {
+    let Some(live) = live.filter(|l| l.name == due.release) else {
         // The switch never happened, or its rollback did: nothing is half-done.
-        PendingPost::clear(dir);
+        PostHooksDue::clear(dir);
         return Ok(None);
     };
     tracing::warn!(
         "the agent stopped before the post-update hooks of {} had finished: running them again",
-        pending.version
+        due.version
     );
-    let release = releases.root().join(&pending.release);
+    let release = releases.root().join(&due.release);
     let env = HookEnv {
         phase: Phase::Post,
         current: live.path.clone(),
-        previous: pending
+        previous: due
             .previous
             .as_ref()
             .map(|name| releases.root().join(name))
             .filter(|p| p.is_dir()),
-        version: pending.version.clone(),
-        previous_version: pending.previous_version.clone(),
+        version: due.version.clone(),
+        previous_version: due.previous_version.clone(),
         rollback: false,
         deploy_dir: settings.local.clone(),
         remote: settings.remote_display.clone(),
     };
     post_hooks(settings, &settings.activator(), &env, &release).await?;
-    tracing::info!("post-update hooks of {} passed", pending.version);
-    Ok(Some(pending))
+    tracing::info!("post-update hooks of {} passed", due.version);
+    Ok(Some(due))
 }
 
 /// Switch back after a failed post-update hook and re-run the post-update hooks for the

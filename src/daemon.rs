@@ -58,7 +58,7 @@ impl Signals {
 
 /// What arrived while a check ran.
 #[derive(Default)]
-struct Pending {
+struct Deferred {
     stop: bool,
     reload: bool,
     check_now: bool,
@@ -131,15 +131,15 @@ pub async fn run(
     let mut check_now = true;
     loop {
         if check_now {
-            let (result, pending) = telemetry
+            let (result, deferred) = telemetry
                 .observe(guarded_check(&settings, &source, &mut signals))
                 .await;
             report(&settings, &result);
             telemetry.checked(&result, &settings);
-            if pending.stop {
+            if deferred.stop {
                 break;
             }
-            if pending.reload {
+            if deferred.reload {
                 reload_with(
                     &telemetry,
                     &mut settings,
@@ -150,7 +150,7 @@ pub async fn run(
                 )
                 .await;
             }
-            check_now = pending.check_now;
+            check_now = deferred.check_now;
             if check_now {
                 continue;
             }
@@ -169,14 +169,14 @@ pub async fn run(
             // `repo-deploy rollback` through the control socket; one that arrived during a
             // check waited in the queue until here.
             Some(incoming) = next_request(&mut control) => {
-                let pending = serve(&settings, incoming, &mut signals).await;
-                if pending.stop {
+                let deferred = serve(&settings, incoming, &mut signals).await;
+                if deferred.stop {
                     break;
                 }
-                if pending.reload {
+                if deferred.reload {
                     reload_with(&telemetry, &mut settings, &mut source, &mut held, &mut control, &reload).await;
                 }
-                check_now = pending.check_now;
+                check_now = deferred.check_now;
             }
         }
     }
@@ -220,8 +220,8 @@ async fn next_request(control: &mut Option<ControlSocket>) -> Option<Incoming> {
 
 /// Run a requested rollback as a check is run (signals heard; a stop waits for its end) and
 /// answer it. A request whose requester has left is dropped unrun.
-async fn serve(settings: &Settings, incoming: Incoming, signals: &mut Signals) -> Pending {
-    let mut pending = Pending::default();
+async fn serve(settings: &Settings, incoming: Incoming, signals: &mut Signals) -> Deferred {
+    let mut deferred = Deferred::default();
     let to = incoming.request.rollback.to.clone();
     let what = to
         .as_deref()
@@ -231,20 +231,20 @@ async fn serve(settings: &Settings, incoming: Incoming, signals: &mut Signals) -
         tracing::warn!(
             "rollback{what} requested, but the requester left before it started: not rolling back"
         );
-        return pending;
+        return deferred;
     }
     tracing::info!("serving the rollback{what} requested through the control socket");
     // A rollback, once started, runs to its end: the token is never cancelled.
     let never = CancellationToken::new();
     let rollback = crate::commands::rollback_now(settings, to.as_deref());
-    let (exit, message) = with_signals(rollback, signals, &never, &mut pending).await;
+    let (exit, message) = with_signals(rollback, signals, &never, &mut deferred).await;
     if exit == Exit::Ok {
         tracing::info!("{message}");
     } else {
         tracing::error!("{message}");
     }
     incoming.answer(Answer::new(exit, message));
-    pending
+    deferred
 }
 
 /// `cycle::recover` (sweeps and removals) on the blocking pool.
@@ -309,19 +309,19 @@ async fn guarded_check(
     settings: &Settings,
     source: &Source,
     signals: &mut Signals,
-) -> (Result<Outcome, CycleError>, Pending) {
+) -> (Result<Outcome, CycleError>, Deferred) {
     let cancel = CancellationToken::new();
-    let mut pending = Pending::default();
+    let mut deferred = Deferred::default();
     let check = cycle::check(settings, source, &cancel);
-    let result = with_signals(check, signals, &cancel, &mut pending).await;
-    (result, pending)
+    let result = with_signals(check, signals, &cancel, &mut deferred).await;
+    (result, deferred)
 }
 
 async fn with_signals<T>(
     work: impl Future<Output = T>,
     signals: &mut Signals,
     cancel: &CancellationToken,
-    pending: &mut Pending,
+    deferred: &mut Deferred,
 ) -> T {
     tokio::pin!(work);
     loop {
@@ -329,16 +329,16 @@ async fn with_signals<T>(
             out = &mut work => return out,
             _ = signals.term.recv() => {
                 tracing::info!("SIGTERM: stopping after the current step");
-                pending.stop = true;
+                deferred.stop = true;
                 cancel.cancel();
             }
             _ = signals.int.recv() => {
                 tracing::info!("SIGINT: stopping after the current step");
-                pending.stop = true;
+                deferred.stop = true;
                 cancel.cancel();
             }
-            _ = signals.hup.recv() => pending.reload = true,
-            _ = signals.usr1.recv() => pending.check_now = true,
+            _ = signals.hup.recv() => deferred.reload = true,
+            _ = signals.usr1.recv() => deferred.check_now = true,
         }
     }
 }

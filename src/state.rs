@@ -95,7 +95,7 @@ impl LastCheck {
 /// done. Found at the next check while its release is live, it means the agent died between
 /// the switch and the end of the hooks, so they run again (hooks run at least once).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingPost {
+pub struct PostHooksDue {
     /// Name of the release switched to.
     pub release: String,
     /// Name of the release that was live before, if any.
@@ -104,12 +104,12 @@ pub struct PendingPost {
     pub previous_version: String,
 }
 
-impl PendingPost {
+impl PostHooksDue {
     const NAME: &str = "post-hooks.json";
 
-    /// The pending record of a deploy directory, if any (an unreadable one is logged and
+    /// The record of a deploy directory, if any (an unreadable one is logged and
     /// ignored: `current` stays what it is).
-    pub fn load(directory: &Path) -> Option<PendingPost> {
+    pub fn load(directory: &Path) -> Option<PostHooksDue> {
         let path = directory.join(Self::NAME);
         let bytes = fs::read(&path).ok()?;
         serde_json::from_slice(&bytes)

@@ -3,7 +3,7 @@
 //!
 //! Invariants:
 //! - A reader of `current` sees the old tree or the new one: the exchange is one atomic call.
-//! - Before the exchange, `active.json` records the switch as pending with the inode of the
+//! - Before the exchange, `active.json` records the switch as switching with the inode of the
 //!   new release's directory; after it, `current` has that inode. So whether the exchange
 //!   happened is always decidable ([`resolve`]), after a crash or a failed step.
 //! - After the exchange, the previous files sit under the new release's name in `releases/`
@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Instant;
 
-use super::marker::{self, Marker, Pending};
+use super::marker::{self, Marker, Switching};
 use super::{Activator, LiveRelease, SwitchError, Switched, name_of};
 use crate::fsutil::{fsync_dir, parent_of};
 
@@ -31,12 +31,12 @@ pub(super) fn switch(
     let to = name_of(release)?;
     let to_ino = fs::symlink_metadata(release)?.ino();
     let from = before.as_ref().map(|l| l.name.clone());
-    steps.run("record the switch as pending in active.json", || {
+    steps.run("record the switch as switching in active.json", || {
         marker::save(
             &act.directory,
             &Marker {
                 name: from.clone(),
-                pending: Some(Pending {
+                switching: Some(Switching {
                     to: to.clone(),
                     from: from.clone(),
                     to_ino,
@@ -60,12 +60,12 @@ pub(super) fn switch(
         }),
     };
     if let Err(e) = swapped {
-        // Nothing moved. Best effort: a pending record is resolved by the inode anyway.
+        // Nothing moved. Best effort: a switching record is resolved by the inode anyway.
         let _ = marker::save(
             &act.directory,
             &Marker {
                 name: from,
-                pending: None,
+                switching: None,
             },
         );
         return Err(e.into());
@@ -98,7 +98,7 @@ pub(super) fn switch(
                 &act.directory,
                 &Marker {
                     name: Some(to),
-                    pending: None,
+                    switching: None,
                 },
             )
         })
@@ -123,10 +123,10 @@ pub(super) fn deactivate(act: &Activator, release: &Path) -> io::Result<()> {
     })
 }
 
-/// Which release `current` holds according to `marker`, a pending switch resolved by the inode
+/// Which release `current` holds according to `marker`, a switching switch resolved by the inode
 /// of `current` (`local_ino`, `None` if it is absent).
 pub(super) fn resolve(marker: &Marker, local_ino: Option<u64>) -> Option<String> {
-    match &marker.pending {
+    match &marker.switching {
         Some(p) if local_ino == Some(p.to_ino) => Some(p.to.clone()),
         Some(p) => p.from.clone(),
         None => marker.name.clone(),
@@ -137,16 +137,16 @@ pub(super) fn resolve(marker: &Marker, local_ino: Option<u64>) -> Option<String>
 /// files their name back and record which release is live.
 pub(super) fn finish(act: &Activator) -> io::Result<()> {
     let marker = marker::load(&act.directory)?;
-    let Some(pending) = &marker.pending else {
+    let Some(switching) = &marker.switching else {
         return Ok(());
     };
     let steps = &act.steps;
     let local_ino = act.local_dir()?.map(|m| m.ino());
     let name = resolve(&marker, local_ino);
-    if local_ino == Some(pending.to_ino) {
+    if local_ino == Some(switching.to_ino) {
         // The exchange happened: the previous files may still sit under the new name.
-        let stale = act.releases().join(&pending.to);
-        if let (Some(from), true) = (&pending.from, stale.is_dir()) {
+        let stale = act.releases().join(&switching.to);
+        if let (Some(from), true) = (&switching.from, stale.is_dir()) {
             steps.run("rename the previous release back to its name", || {
                 fs::rename(&stale, act.releases().join(from))
             })?;
@@ -163,7 +163,7 @@ pub(super) fn finish(act: &Activator) -> io::Result<()> {
             &act.directory,
             &Marker {
                 name,
-                pending: None,
+                switching: None,
             },
         )
     })
@@ -196,7 +196,7 @@ mod tests {
             &act.directory,
             &Marker {
                 name: Some("a".into()),
-                pending: Some(Pending {
+                switching: Some(Switching {
                     to: "b".into(),
                     from: Some("a".into()),
                     to_ino,

@@ -17,13 +17,14 @@ const FILE: &str = "active.json";
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) struct Marker {
     pub name: Option<String>,
-    #[serde(default)]
-    pub pending: Option<Pending>,
+    /// Kept as `pending` on disk: the name `active.json` has always used.
+    #[serde(default, rename = "pending")]
+    pub switching: Option<Switching>,
 }
 
 /// A switch that has started and not yet been recorded as done.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(super) struct Pending {
+pub(super) struct Switching {
     pub to: String,
     pub from: Option<String>,
     /// Inode of the new release's directory: after an exchange, `current` has it.
@@ -79,7 +80,7 @@ mod tests {
         assert_eq!(load(d.path()).expect("empty"), Marker::default());
         let m = Marker {
             name: Some("a".into()),
-            pending: Some(Pending {
+            switching: Some(Switching {
                 to: "b".into(),
                 from: Some("a".into()),
                 to_ino: 7,

@@ -101,7 +101,7 @@ pub enum SwitchError {
     #[error("{0}")]
     NotSwitched(io::Error),
     /// `current` shows the new release, but a later step failed: a power cut may bring the
-    /// previous one back, and `active.json` may still record the switch as pending (the next
+    /// previous one back, and `active.json` may still record the switch as switching (the next
     /// switch or start finishes it).
     #[error("the switch is visible but not durable: {error}")]
     NotDurable {
@@ -317,7 +317,7 @@ impl Activator {
         marker::sweep(&self.directory)?;
         match self.mode {
             Mode::Symlink => {
-                if marker::load(&self.directory)?.pending.is_some() {
+                if marker::load(&self.directory)?.switching.is_some() {
                     marker::save(&self.directory, &marker::Marker::default())?;
                 }
                 Ok(())

@@ -8,7 +8,7 @@
 //!   switched atomically as a whole (a reader may see some files old and some new while it
 //!   runs). Removals come last, so nothing the new release needs disappears before its
 //!   replacement is in place.
-//! - `active.json` records the sync as pending before it starts; running it again after a
+//! - `active.json` records the sync as switching before it starts; running it again after a
 //!   crash finishes the job ([`recover`]).
 
 use std::collections::HashSet;
@@ -19,7 +19,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::marker::{self, Marker, Pending};
+use super::marker::{self, Marker, Switching};
 use super::{Activator, LiveRelease, SwitchError, Switched, name_of};
 use crate::fsutil::{self, parent_of};
 
@@ -35,12 +35,12 @@ pub(super) fn switch(
     let steps = &act.steps;
     let to = name_of(release)?;
     let name = before.as_ref().map(|l| l.name.clone());
-    steps.run("record the sync as pending in active.json", || {
+    steps.run("record the sync as switching in active.json", || {
         marker::save(
             &act.directory,
             &Marker {
                 name: name.clone(),
-                pending: Some(Pending {
+                switching: Some(Switching {
                     to: to.clone(),
                     from: None,
                     to_ino: 0,
@@ -63,7 +63,7 @@ pub(super) fn switch(
             &act.directory,
             &Marker {
                 name: Some(to),
-                pending: None,
+                switching: None,
             },
         )
     }) {
@@ -92,7 +92,7 @@ fn restore(act: &Activator, before: Option<&LiveRelease>, error: io::Error) -> i
                 &act.directory,
                 &Marker {
                     name: before.map(|b| b.name.clone()),
-                    pending: None,
+                    switching: None,
                 },
             )
         })
@@ -109,10 +109,10 @@ fn restore(act: &Activator, before: Option<&LiveRelease>, error: io::Error) -> i
     }
 }
 
-/// Which release `current` holds according to `marker`: a pending sync counts as done if its
+/// Which release `current` holds according to `marker`: a switching sync counts as done if its
 /// release still exists, as [`recover`] will finish it.
 pub(super) fn resolve(act: &Activator, marker: &Marker) -> Option<String> {
-    match &marker.pending {
+    match &marker.switching {
         Some(p) if act.releases().join(&p.to).is_dir() => Some(p.to.clone()),
         _ => marker.name.clone(),
     }
@@ -162,10 +162,10 @@ pub(super) fn sweep_trash(local: &Path) -> io::Result<()> {
 /// preferring the new one.
 pub(super) fn recover(act: &Activator) -> io::Result<()> {
     let marker = marker::load(&act.directory)?;
-    let Some(pending) = &marker.pending else {
+    let Some(switching) = &marker.switching else {
         return Ok(());
     };
-    let target = [Some(&pending.to), marker.name.as_ref()]
+    let target = [Some(&switching.to), marker.name.as_ref()]
         .into_iter()
         .flatten()
         .find(|n| act.releases().join(n).is_dir())
@@ -184,7 +184,7 @@ pub(super) fn recover(act: &Activator) -> io::Result<()> {
         &act.directory,
         &Marker {
             name: target.or(marker.name),
-            pending: None,
+            switching: None,
         },
     )
 }
@@ -354,7 +354,7 @@ mod tests {
             &act.directory,
             &Marker {
                 name: Some("gone".into()),
-                pending: Some(Pending {
+                switching: Some(Switching {
                     to: "gone-too".into(),
                     from: None,
                     to_ino: 0,
