@@ -78,6 +78,7 @@ pub struct Cli {
     )]
     pub log_format: LogFormat,
 
+    /// The command to run; `None`: run the agent itself.
     #[command(subcommand)]
     pub command: Option<Command>,
 }

@@ -23,21 +23,31 @@ use crate::state::{LastCheck, Pin, State};
 /// One release on disk, as the commands show it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReleaseView {
+    /// The release directory's name under `releases/`, which orders releases by age.
     pub name: String,
+    /// Where its files are: `releases/<name>`, or the live path when exchange mode keeps the
+    /// live release's files there.
     pub path: PathBuf,
-    /// Empty when the state does not know it.
+    /// The version it was deployed from. Empty when the state does not know it.
     pub version: String,
+    /// RFC 3339 time the release was made; empty when the state does not know it.
     pub created: String,
+    /// Whether `current` shows this release.
     pub live: bool,
 }
 
 /// What `status` shows.
 #[derive(Debug, Serialize)]
 pub struct StatusView {
+    /// The configured remote, credentials masked.
     pub remote: String,
+    /// The release `current` shows; `None`: nothing is live.
     pub live: Option<ReleaseView>,
+    /// The result of the last check (`status.json`); `None`: no check has run.
     pub last_check: Option<LastCheck>,
+    /// The pin a rollback left; `None`: no version is pinned.
     pub pinned: Option<Pin>,
+    /// The releases on disk, newest first.
     pub releases: Vec<ReleaseView>,
 }
 

@@ -61,9 +61,14 @@ pub const KEYS: &[(&str, &[&str])] = &[
 /// S3 settings from the configuration (the rest of the chain is the AWS SDK's).
 #[derive(Debug, Clone, Default)]
 pub struct AwsSettings {
+    /// `aws-access-key`; `None` (with `secret_key`): `~/.amazon/account-key`, else the AWS chain.
     pub access_key: Option<Secret>,
+    /// `aws-secret-key`, set together with `access_key`; `None`: neither is set.
     pub secret_key: Option<Secret>,
+    /// `aws-region`; `None`: the AWS chain's region, or us-east-1 with an `endpoint`.
     pub region: Option<String>,
+    /// `s3-endpoint`: the http(s) URL of an S3-compatible store, addressed path-style;
+    /// `None`: AWS S3 itself.
     pub endpoint: Option<String>,
 }
 
@@ -85,8 +90,11 @@ pub struct Settings {
     pub directory: PathBuf,
     /// Downloads and other work files.
     pub cache: PathBuf,
+    /// Directory of the pre-update hooks: a non-zero exit blocks the update.
     pub pre_hooks: PathBuf,
+    /// Directory of the post-update hooks: a non-zero exit rolls back.
     pub post_hooks: PathBuf,
+    /// When the daemon checks (validated even with `-f`, which does not use it).
     pub schedule: Schedule,
     /// Releases kept on disk, the live one included (at least 2).
     pub keep: usize,
@@ -102,9 +110,11 @@ pub struct Settings {
     pub activate: crate::activate::Mode,
     /// `reuse`: where an update takes the files that did not change (see `incremental.rs`).
     pub reuse: crate::incremental::ReuseMode,
+    /// S3 credentials, region and endpoint, for an S3 remote.
     pub aws: AwsSettings,
     /// `-f`: check once and exit.
     pub once: bool,
+    /// `-v`: debug logging.
     pub verbose: bool,
     /// The opt-in HTTP listener: metrics, health, trigger (see `telemetry.rs`).
     pub telemetry: TelemetrySettings,
@@ -206,47 +216,75 @@ fn splay_setting(layers: &Layers) -> Result<Duration, ConfigError> {
 /// A configuration problem: exit status 2, nothing touched.
 #[derive(Debug, Error)]
 pub enum ConfigError {
+    /// The configuration file cannot be read: the one named by `-c` is missing, or a file
+    /// that exists is unreadable or too large.
     #[error("cannot read configuration file {0}: {1}")]
     Read(PathBuf, io::Error),
-    /// `text`: the start of the line only (the rest may be a secret), shown escaped.
+    /// A line of the file is neither blank, a comment, nor `key = value`.
     #[error(
         "{file}:{line}: expected `key = value`, found a line without `=` starting with `{text}`"
     )]
     Syntax {
+        /// The configuration file.
         file: PathBuf,
+        /// The line's number, from 1.
         line: usize,
+        /// The start of the line only (the rest may be a secret), shown escaped.
         text: String,
     },
+    /// The file is not UTF-8.
     #[error("{file}:{line}: not valid UTF-8; save the file as UTF-8")]
-    Encoding { file: PathBuf, line: usize },
+    Encoding {
+        /// The configuration file.
+        file: PathBuf,
+        /// The line of the first byte that is not UTF-8, from 1.
+        line: usize,
+    },
     /// An error about a value, with where the value came from (`file:line`, a variable, a flag).
     #[error("{origin}: {error}")]
     At {
+        /// Where the value came from: `file:line`, a `REPO_DEPLOY_*` variable, or a flag.
         origin: String,
+        /// What is wrong with the value.
         error: Box<ConfigError>,
     },
+    /// The file sets a key that is neither a name nor an alias in [`KEYS`].
     #[error("{file}:{line}: unknown key `{key}`{hint}")]
     UnknownKey {
+        /// The configuration file.
         file: PathBuf,
+        /// The line's number, from 1.
         line: usize,
+        /// The key as written, shown escaped and shortened.
         key: String,
+        /// "; did you mean `…`?" naming the closest known key, or empty when none is close.
         hint: String,
     },
+    /// A known key has a value that cannot be used.
     #[error("{source_name}: invalid value `{value}` for `{key}`: {reason}")]
     Value {
+        /// Where the value came from: `file:line`, a `REPO_DEPLOY_*` variable, or a flag.
         source_name: String,
+        /// The key's canonical name.
         key: String,
+        /// The value as it may be shown: escaped and shortened, a remote's credentials
+        /// masked, a secret's as `***`.
         value: String,
+        /// What was expected instead.
         reason: String,
     },
+    /// No remote is set by a flag, the environment or the file: there is nothing to deploy.
     #[error(
         "no remote configured: set `remote` in the configuration file, REPO_DEPLOY_REMOTE, or pass -r URL"
     )]
     NoRemote,
+    /// The remote is not one of the accepted forms.
     #[error(transparent)]
     Remote(#[from] RemoteError),
+    /// The schedule is not a valid cron expression.
     #[error(transparent)]
     Schedule(#[from] ScheduleError),
+    /// The current directory, against which relative paths are resolved, cannot be read.
     #[error("cannot determine the current directory: {0}")]
     Cwd(io::Error),
 }

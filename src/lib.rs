@@ -5,6 +5,7 @@
 //! `daemon` / `cycle`, which drive the modules below them. See docs/ARCHITECTURE.md.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(missing_docs)]
 
 // The library's API, chosen as ripgrep's crates choose theirs: what the binary (`main.rs`), the
 // integration tests, the man-page generator and the fuzz target use. Everything else is private

@@ -1,5 +1,5 @@
 //! What a remote is: parsing the SPEC's remote forms into a [`Remote`], decoding the
-//! credentials a URL's user-info carries ([`userinfo`], the one decoder), and masking them
+//! credentials a URL's user-info carries (`userinfo`, the one decoder), and masking them
 //! before a URL is ever printed.
 //!
 //! The rule that decides the kind comes from the SPEC: a URL whose path has a segment ending
@@ -30,7 +30,12 @@ pub enum Remote {
     /// A ZIP over HTTP(S). The URL may carry Basic-auth credentials.
     Http(Url),
     /// A ZIP object in S3 (or an S3-compatible store).
-    S3 { bucket: String, key: String },
+    S3 {
+        /// The bucket's name.
+        bucket: String,
+        /// The object's key: everything after the bucket's `/`.
+        key: String,
+    },
     /// A git repository.
     Git(GitRemote),
     /// A local ZIP file or directory (absolute path).
@@ -64,16 +69,22 @@ impl Remote {
 /// Why a remote string was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RemoteError {
+    /// The remote is empty or only spaces.
     #[error("remote is empty: set `remote` to a URL or path")]
     Empty,
+    /// The remote (masked) does not parse as a URL, or a `file://` URL names no local path;
+    /// with the reason.
     #[error("remote {0}: not a valid URL: {1}")]
     BadUrl(String, String),
+    /// The remote (masked) has a scheme the agent cannot fetch from (the second field).
     #[error(
         "remote {0}: unsupported scheme `{1}` (use http(s)://, s3://, a git URL, file:// or a path)"
     )]
     Scheme(String, String),
+    /// The `s3://` remote (masked) lacks a bucket or an object key, or its key ends in `/`.
     #[error("remote {0}: an S3 remote needs a bucket and a key, as s3://bucket/path/to/app.zip")]
     S3Form(String),
+    /// The git remote (masked) ends in a `#` with no branch or tag after it.
     #[error("remote {0}: empty ref after `#`; write `#branch` or leave it out")]
     EmptyRef(String),
 }
@@ -273,7 +284,7 @@ fn is_secret_param(name: &str) -> bool {
 
 /// The secrets a remote string carries (user-info and secret query values), so the log
 /// writer can mask them wherever they appear, even inside a library's error message. Both
-/// the user-info as written and as decoded by [`decode_userinfo`] (what is sent) are listed.
+/// the user-info as written and as decoded by `decode_userinfo` (what is sent) are listed.
 pub fn secrets(input: &str) -> Vec<String> {
     let mut found = Vec::new();
     if let Ok(url) = Url::parse(input) {
@@ -305,7 +316,7 @@ pub fn secrets(input: &str) -> Vec<String> {
 
 /// Why the user-info of a URL cannot be used.
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum UserinfoError {
+pub(crate) enum UserinfoError {
     #[error(
         "the {0} in the URL is not valid UTF-8 once its %XX escapes are decoded; escape each byte of a UTF-8 character"
     )]
@@ -319,7 +330,7 @@ pub enum UserinfoError {
 /// The user name and password of a URL, decoded by [`decode_userinfo`]; `None` when the URL
 /// has neither. The one decoder of user-info: the HTTP source, the git credential helper and
 /// the masking of logs all see the same password.
-pub fn userinfo(url: &Url) -> Result<Option<(String, Option<Secret>)>, UserinfoError> {
+pub(crate) fn userinfo(url: &Url) -> Result<Option<(String, Option<Secret>)>, UserinfoError> {
     if url.username().is_empty() && url.password().is_none() {
         return Ok(None);
     }
@@ -336,7 +347,7 @@ pub fn userinfo(url: &Url) -> Result<Option<(String, Option<Secret>)>, UserinfoE
 /// a password `a+b` was sent as `a b`). An escape that is not `%` and two hex digits is kept
 /// as written, as the `url` crate and curl do. A NUL or line break is refused: no header or
 /// credential protocol can carry one, and git's would read it as the end of a field.
-pub fn decode_userinfo(text: &str, what: &'static str) -> Result<String, UserinfoError> {
+pub(crate) fn decode_userinfo(text: &str, what: &'static str) -> Result<String, UserinfoError> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -1,4 +1,4 @@
-//! What a remote is, as far as a check is concerned: a [`Source`] answers "has it changed
+//! What a remote is, as far as a check is concerned: a `Source` answers "has it changed
 //! since this stamp?" and, when it has, hands over the new content (a ZIP in the cache or a
 //! directory) with its version and content hash.
 //!
@@ -11,7 +11,7 @@
 mod file;
 mod git;
 mod http;
-pub mod ranges;
+mod ranges;
 pub mod s3;
 
 use std::fs;
@@ -40,6 +40,7 @@ pub enum Fetched {
 /// The new content of a remote.
 #[derive(Debug)]
 pub struct Artifact {
+    /// What to unpack into the new release.
     pub content: Content,
     /// Validators and version id, stored once the version is live.
     pub stamp: Stamp,
@@ -52,7 +53,9 @@ pub struct Artifact {
 /// Where the content is.
 #[derive(Debug, Clone)]
 pub enum Content {
+    /// A whole ZIP: a download in the cache, or a local remote's own file.
     Zip(PathBuf),
+    /// A local remote's directory, copied by the unpacking rules.
     Dir(PathBuf),
     /// Trees in the git cache, written out by `git checkout-index`.
     Git(git::Checkout),
@@ -145,7 +148,7 @@ pub fn etag_version(etag: &str) -> String {
 
 /// A configured remote.
 #[derive(Debug)]
-pub enum Source {
+pub(crate) enum Source {
     Http(http::HttpSource),
     S3(s3::S3Source),
     Git(git::GitSource),

@@ -63,14 +63,18 @@ pub struct Tail {
     pub start: u64,
     /// Length of the whole ZIP.
     pub total: u64,
+    /// The bytes received: from `start` to the end of the ZIP.
     pub bytes: Vec<u8>,
+    /// The answer's ETag; `None`: the server sent none, so no further range can be asked for.
     pub etag: Option<String>,
+    /// The answer's `Last-Modified`, kept in the stamp; `None`: not sent (always so for S3).
     pub last_modified: Option<String>,
 }
 
 /// A ZIP of which only some entries were downloaded, in a sparse file of the ZIP's length.
 #[derive(Debug, Clone)]
 pub struct PartialZip {
+    /// The sparse file in the cache.
     pub path: PathBuf,
     /// Its central directory, read once for planning and unpacking.
     pub open: unpack::OpenZip,

@@ -97,6 +97,9 @@ fn chain_description() -> String {
 }
 
 impl S3Source {
+    /// A client for the object `key` in `bucket`, with the credentials, region and endpoint of
+    /// `settings` (else `~/.amazon/account-key`, else the standard AWS chain) and its timeouts.
+    /// Nothing is asked of S3 yet.
     pub async fn new(bucket: &str, key: &str, settings: &Settings) -> Result<S3Source> {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(settings.connect_timeout)
@@ -173,6 +176,7 @@ impl S3Source {
         })
     }
 
+    /// Download the object unless it still has the ETag of `known` (a conditional GetObject).
     pub async fn fetch(
         &self,
         known: Option<&Stamp>,

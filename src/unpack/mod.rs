@@ -15,7 +15,8 @@
 //!   and the caller deletes it. Durability is the caller's too (it `syncfs`es the release).
 //!
 //! `zip.rs` reads archives, `tree.rs` copies or checks directory remotes; both go through the
-//! one planner and the one writer. Only the names re-exported below are public.
+//! one planner and the one writer. Only the names re-exported below are seen outside: the
+//! `pub` ones by the binary, the tests and the fuzz target, the `pub(crate)` ones by the crate.
 
 use std::io;
 use std::path::PathBuf;
@@ -31,11 +32,11 @@ mod zip;
 #[cfg(test)]
 mod fixture;
 
-pub use tree::{check_tree, copy_tree};
+pub(crate) use tree::{check_tree, copy_tree};
 pub(crate) use write::{create_file, start_writeback, umask_clears};
-pub use zip::{
-    EntryView, FileRecord, OpenZip, Reuse, ReuseRequest, Unpacked, unpack_open_zip, unpack_zip,
-    unpack_zip_reusing, zip_entry_view,
+pub use zip::unpack_zip;
+pub(crate) use zip::{
+    EntryView, FileRecord, OpenZip, Reuse, ReuseRequest, Unpacked, unpack_open_zip, zip_entry_view,
 };
 
 /// Caps on one release, from the `max-size` and `max-files` configuration keys.
@@ -67,68 +68,184 @@ pub struct Summary {
 /// (`{:#}`), which would otherwise show it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
+    /// The archive or the directory to copy cannot be opened or read.
     #[error("cannot open {}", path.display())]
-    Open { path: PathBuf, source: io::Error },
+    Open {
+        /// The archive or directory.
+        path: PathBuf,
+        /// Why it cannot be opened.
+        source: io::Error,
+    },
+    /// The archive's central directory cannot be read as a ZIP's.
     #[error("{} is not a readable ZIP archive", path.display())]
-    Archive { path: PathBuf, source: ZipError },
+    Archive {
+        /// The archive.
+        path: PathBuf,
+        /// What the zip crate found wrong.
+        source: ZipError,
+    },
+    /// An entry's name cannot become a path in the release (absolute, `..`, a NUL, too long…).
     #[error("entry {path:?}: invalid name: {reason}")]
-    InvalidName { path: String, reason: &'static str },
+    InvalidName {
+        /// The entry's name as written (bytes that are not UTF-8 replaced).
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Two entries have the same path.
     #[error("entry {path:?}: appears more than once")]
-    Duplicate { path: String },
+    Duplicate {
+        /// The repeated path.
+        path: String,
+    },
+    /// Two entries' paths differ only in letter case.
     // Refused rather than "last one wins": on a case-insensitive filesystem (a developer's Mac, a
     // SMB share) one would overwrite the other, so the release would depend on where it lands.
     #[error("entry {path:?}: differs from {other:?} only in letter case")]
-    CaseCollision { path: String, other: String },
+    CaseCollision {
+        /// The later entry.
+        path: String,
+        /// The earlier entry it collides with.
+        other: String,
+    },
+    /// An entry lies under a path that another entry makes a symlink.
     #[error("entry {path:?}: directory replaced by a symlink ({parent:?} is a symlink)")]
-    SymlinkParent { path: String, parent: String },
+    SymlinkParent {
+        /// The entry.
+        path: String,
+        /// Its ancestor that is a symlink.
+        parent: String,
+    },
+    /// An entry lies under a path that another entry makes a regular file.
     #[error("entry {path:?}: its parent {parent:?} is a file, not a directory")]
-    FileParent { path: String, parent: String },
+    FileParent {
+        /// The entry.
+        path: String,
+        /// Its ancestor that is a file.
+        parent: String,
+    },
+    /// A symlink's target is not allowed: it leaves the release, is absolute, is too long….
     #[error("entry {path:?}: symlink target {target:?} {reason}")]
     SymlinkTarget {
+        /// The symlink.
         path: String,
+        /// Its target as shown: its first 256 bytes, or `<N bytes>` when too long to read.
         target: String,
+        /// What is wrong with the target.
         reason: &'static str,
     },
+    /// An entry is a device, FIFO, socket or other file that is neither regular, a
+    /// directory nor a symlink.
     #[error("entry {path:?}: {kind} entries are not allowed")]
-    SpecialFile { path: String, kind: &'static str },
+    SpecialFile {
+        /// The entry.
+        path: String,
+        /// Its type, as a message shows it ("FIFO", "block device"…).
+        kind: &'static str,
+    },
+    /// An entry is encrypted.
     #[error("entry {path:?}: encrypted entries are not supported")]
-    Encrypted { path: String },
+    Encrypted {
+        /// The entry.
+        path: String,
+    },
+    /// An entry is compressed by a method other than Stored or Deflated.
     #[error(
         "entry {path:?}: compression method {method} is not supported (only Stored and Deflated)"
     )]
-    UnsupportedCompression { path: String, method: String },
+    UnsupportedCompression {
+        /// The entry.
+        path: String,
+        /// The method's name, or its number when the zip crate does not know it.
+        method: String,
+    },
+    /// The archive or tree has more entries than `max-files`, implied parents included.
     #[error("entry {path:?}: more than {max} entries; raise `max-files` if this is expected")]
-    TooManyEntries { path: String, max: u64 },
+    TooManyEntries {
+        /// The entry that went over the limit.
+        path: String,
+        /// The limit (`max-files`).
+        max: u64,
+    },
+    /// The regular files hold more bytes than `max-size`, declared or as written.
     #[error("entry {path:?}: total size exceeds {max} bytes; raise `max-size` if this is expected")]
-    TooLarge { path: String, max: u64 },
+    TooLarge {
+        /// The entry that went over the limit.
+        path: String,
+        /// The limit in bytes (`max-size`).
+        max: u64,
+    },
+    /// An entry's data runs past the size its header declares (a tree's file grew while copied).
     #[error("entry {path:?}: holds more than the {declared} bytes its header declares")]
-    LargerThanDeclared { path: String, declared: u64 },
+    LargerThanDeclared {
+        /// The entry.
+        path: String,
+        /// The size its header declares, or a tree's file's size when it was read.
+        declared: u64,
+    },
+    /// An entry's data ends before the size its header declares (a tree's file shrank while
+    /// copied).
     #[error("entry {path:?}: holds {actual} bytes but its header declares {declared}")]
     SmallerThanDeclared {
+        /// The entry.
         path: String,
+        /// The size its header declares, or a tree's file's size when it was read.
         declared: u64,
+        /// The bytes it actually holds.
         actual: u64,
     },
+    /// An entry's header places its data past the start of the central directory.
     #[error(
         "entry {path:?}: its header claims data past the end of the entries, the archive is corrupt"
     )]
-    PastTheEntries { path: String },
+    PastTheEntries {
+        /// The entry.
+        path: String,
+    },
+    /// Two entries' data share bytes of the archive.
     #[error(
         "entry {path:?}: shares bytes with entry {other:?} (an overlapping zip bomb or a corrupt archive)"
     )]
-    Overlap { path: String, other: String },
-    #[error("entry {path:?}: CRC-32 mismatch, the archive is corrupt")]
-    CrcMismatch { path: String },
-    #[error("entry {path:?}: corrupt data")]
-    Corrupt { path: String, source: ZipError },
-    #[error("entry {path:?}: name too long for the filesystem")]
-    NameTooLong { path: String, source: io::Error },
-    #[error("entry {path:?}: cannot {action}")]
-    Io {
+    Overlap {
+        /// The entry whose data starts later.
         path: String,
-        action: &'static str,
+        /// The entry whose data it overlaps.
+        other: String,
+    },
+    /// An entry's data does not match the CRC-32 its header declares.
+    #[error("entry {path:?}: CRC-32 mismatch, the archive is corrupt")]
+    CrcMismatch {
+        /// The entry.
+        path: String,
+    },
+    /// An entry's data cannot be read or decompressed.
+    #[error("entry {path:?}: corrupt data")]
+    Corrupt {
+        /// The entry.
+        path: String,
+        /// What the zip crate (or the decompressor) reported.
+        source: ZipError,
+    },
+    /// An entry's name is too long for the filesystem of the release (`ENAMETOOLONG`): the
+    /// archive's fault, not the machine's.
+    #[error("entry {path:?}: name too long for the filesystem")]
+    NameTooLong {
+        /// The entry.
+        path: String,
+        /// The error of the system call.
         source: io::Error,
     },
+    /// A filesystem operation on an entry failed (a full disk, permissions…).
+    #[error("entry {path:?}: cannot {action}")]
+    Io {
+        /// The entry.
+        path: String,
+        /// What was being done, as a message shows it ("create file", "set mtime"…).
+        action: &'static str,
+        /// The error of the operation.
+        source: io::Error,
+    },
+    /// The caller's cancellation token fired (the agent is stopping).
     #[error("unpacking was cancelled")]
     Cancelled,
 }

@@ -37,7 +37,9 @@ pub fn unpack_zip(
 pub struct FileRecord {
     /// Normalised path inside the release.
     pub path: String,
+    /// Size in bytes, as declared and checked while writing.
     pub size: u64,
+    /// CRC-32 of the contents, from the entry's header.
     pub crc: u32,
     /// Permission bits as written.
     pub mode: u32,
@@ -48,11 +50,13 @@ pub struct FileRecord {
 /// What [`unpack_zip_reusing`] wrote, and where the archive's central directory is.
 #[derive(Debug)]
 pub struct Unpacked {
+    /// What was created.
     pub summary: Summary,
     /// Every regular file, in archive order.
     pub files: Vec<FileRecord>,
     /// Offset of the central directory; it runs to `len`, the end of the archive.
     pub central_directory: u64,
+    /// Length of the archive in bytes.
     pub len: u64,
 }
 
@@ -70,10 +74,15 @@ pub trait Reuse: Sync {
 pub struct ReuseRequest<'a> {
     /// Position in the archive's central directory.
     pub index: usize,
+    /// Normalised path inside the release.
     pub path: &'a str,
+    /// Size in bytes its header declares.
     pub size: u64,
+    /// CRC-32 its header declares.
     pub crc: u32,
+    /// Permission bits to give the file.
     pub mode: u32,
+    /// Modification time to give the file; `None`: the entry has none, leave the file's own.
     pub mtime: Option<SystemTime>,
 }
 
@@ -133,6 +142,7 @@ impl OpenZip {
         &self.zip
     }
 
+    /// Where the archive is.
     pub fn path(&self) -> &Path {
         &self.path
     }
