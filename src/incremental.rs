@@ -222,14 +222,6 @@ impl Base {
         }))
     }
 
-    pub fn mode(&self) -> ReuseMode {
-        self.mode
-    }
-
-    pub fn release(&self) -> &Path {
-        &self.release
-    }
-
     /// Bytes of the live ZIP from its central directory to its end.
     pub fn tail(&self) -> u64 {
         self.header.tail

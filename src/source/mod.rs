@@ -30,7 +30,7 @@ use crate::unpack::{self, Limits, Summary, UnpackError};
 
 /// What a check found.
 #[derive(Debug)]
-pub enum Fetched {
+pub(crate) enum Fetched {
     /// The remote still holds the version of `stamp`: nothing was downloaded.
     Unchanged,
     /// New content, ready to unpack.
@@ -39,7 +39,7 @@ pub enum Fetched {
 
 /// The new content of a remote.
 #[derive(Debug)]
-pub struct Artifact {
+pub(crate) struct Artifact {
     /// What to unpack into the new release.
     pub content: Content,
     /// Validators and version id, stored once the version is live.
@@ -52,7 +52,7 @@ pub struct Artifact {
 
 /// Where the content is.
 #[derive(Debug, Clone)]
-pub enum Content {
+pub(crate) enum Content {
     /// A whole ZIP: a download in the cache, or a local remote's own file.
     Zip(PathBuf),
     /// A local remote's directory, copied by the unpacking rules.

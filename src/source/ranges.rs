@@ -25,7 +25,7 @@
 use std::fs::File;
 use std::future::Future;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -74,14 +74,10 @@ pub struct Tail {
 /// A ZIP of which only some entries were downloaded, in a sparse file of the ZIP's length.
 #[derive(Debug, Clone)]
 pub struct PartialZip {
-    /// The sparse file in the cache.
-    pub path: PathBuf,
     /// Its central directory, read once for planning and unpacking.
     pub open: unpack::OpenZip,
     /// By entry index: its bytes were not downloaded; the live release supplies it.
     pub absent: Arc<Vec<bool>>,
-    /// Bytes received, headers not counted.
-    pub downloaded: u64,
 }
 
 /// How many bytes the first request asks for: the live ZIP's central directory and end
@@ -409,10 +405,8 @@ pub async fn assemble<R: RangeRead>(
     };
     Ok(Some(Artifact {
         content: Content::Partial(Box::new(PartialZip {
-            path,
             open: plan.open,
             absent: Arc::new(plan.absent),
-            downloaded: received,
         })),
         stamp: Stamp {
             version: version_of(&etag),

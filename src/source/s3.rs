@@ -177,7 +177,7 @@ impl S3Source {
     }
 
     /// Download the object unless it still has the ETag of `known` (a conditional GetObject).
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         known: Option<&Stamp>,
         cancel: &CancellationToken,
@@ -188,7 +188,7 @@ impl S3Source {
     /// [`S3Source::fetch`]; with `base` (the live release of an incremental update) the
     /// conditional GetObject asks for the ZIP's tail only and the update continues in
     /// `ranges.rs`.
-    pub async fn fetch_with(
+    pub(crate) async fn fetch_with(
         &self,
         known: Option<&Stamp>,
         base: Option<&std::sync::Arc<crate::incremental::Base>>,
