@@ -32,7 +32,7 @@ mod zip;
 #[cfg(test)]
 mod fixture;
 
-pub(crate) use tree::{check_tree, copy_tree};
+pub(crate) use tree::{copy_tree, validate_tree};
 pub(crate) use write::{create_file, start_writeback, umask_clears};
 pub use zip::unpack_zip;
 pub(crate) use zip::{
@@ -252,8 +252,8 @@ pub enum UnpackError {
 
 type Result<T, E = UnpackError> = std::result::Result<T, E>;
 
-/// `Err(Cancelled)` once `cancel` fires: the check between steps of every phase.
-fn check(cancel: &CancellationToken) -> Result<()> {
+/// `Err(Cancelled)` once `cancel` fires: tested between the steps of every phase.
+fn stop_if_cancelled(cancel: &CancellationToken) -> Result<()> {
     match cancel.is_cancelled() {
         true => Err(UnpackError::Cancelled),
         false => Ok(()),

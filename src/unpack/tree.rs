@@ -1,5 +1,5 @@
 //! Directory remotes: copying a local tree into a release (`copy_tree`) and checking a tree
-//! something else wrote (`check_tree`, a git checkout), by the rules ZIPs meet. The walk never
+//! something else wrote (`validate_tree`, a git checkout), by the rules ZIPs meet. The walk never
 //! follows a symlink, and the copy opens each file with `O_NOFOLLOW` and re-checks its type,
 //! since the tree may change under the walk.
 
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::{Entry, Kind, Planner, Type};
 use super::write::{Contents, Job, build};
-use super::{Limits, Result, Summary, UnpackError, check, io_error};
+use super::{Limits, Result, Summary, UnpackError, io_error, stop_if_cancelled};
 
 /// Copy the local directory tree `src` into `dest` (existing, empty), by the same rules as
 /// [`unpack_zip`] (a "directory remote"). Symlinks inside `src` are copied as symlinks, never
@@ -31,7 +31,7 @@ pub fn copy_tree(
 /// Validate a tree that something else already wrote into `dir` (a git checkout) by the rules
 /// of [`copy_tree`]: names, types, symlink targets, duplicates, letter case and the limits.
 /// Nothing is written; on error the caller deletes `dir`. Blocking: run it on a blocking thread.
-pub fn check_tree(dir: &Path, limits: &Limits, cancel: &CancellationToken) -> Result<Summary> {
+pub fn validate_tree(dir: &Path, limits: &Limits, cancel: &CancellationToken) -> Result<Summary> {
     let mut summary = Summary::default();
     for entry in plan_tree(dir, limits, cancel, false)? {
         match entry.kind {
@@ -57,7 +57,7 @@ fn plan_tree(
     let mut planner = Planner::new(*limits);
     let mut pending = vec![PathBuf::new()];
     while let Some(rel) = pending.pop() {
-        check(cancel)?;
+        stop_if_cancelled(cancel)?;
         let shown = rel.to_string_lossy().into_owned();
         let failed = |source| UnpackError::Io {
             path: shown.clone(),

@@ -20,7 +20,7 @@ use rustix::fs::{AtFlags, CWD, Timestamps, UTIME_OMIT};
 use tokio_util::sync::CancellationToken;
 
 use super::plan::{Entry, Kind};
-use super::{Limits, Result, Summary, UnpackError, check, io_error};
+use super::{Limits, Result, Summary, UnpackError, io_error, stop_if_cancelled};
 
 /// Upper bound on parallel writers: beyond this, disks rarely go faster.
 const MAX_WORKERS: usize = 8;
@@ -144,7 +144,7 @@ pub(super) fn build(
     }
     dirs.sort_by_key(|e| e.path.matches('/').count());
     for dir in &dirs {
-        check(cancel)?;
+        stop_if_cancelled(cancel)?;
         // 0o700 until the end, so that a read-only directory can still be filled.
         let created = DirBuilder::new().mode(0o700).create(dest.join(&dir.path));
         created.map_err(|e| io_error(&dir.path, "create directory", e))?;
@@ -169,7 +169,7 @@ pub(super) fn build(
     }
 
     for (entry, target) in &links {
-        check(cancel)?;
+        stop_if_cancelled(cancel)?;
         let path = dest.join(&entry.path);
         let created = std::os::unix::fs::symlink(target, &path);
         created.map_err(|e| io_error(&entry.path, "create symlink", e))?;
@@ -188,7 +188,7 @@ pub(super) fn build(
     }
 
     for dir in dirs.iter().rev() {
-        check(cancel)?;
+        stop_if_cancelled(cancel)?;
         let mut options = OpenOptions::new();
         options
             .read(true)

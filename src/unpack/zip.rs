@@ -19,7 +19,7 @@ use super::plan::{
     Entry, Kind, PATH_MAX, Planner, Type, backslash_separates, classify, normalize, zip_mode,
 };
 use super::write::{Contents, Job, build};
-use super::{Limits, Result, Summary, UnpackError, check, io_error};
+use super::{Limits, Result, Summary, UnpackError, io_error, stop_if_cancelled};
 
 /// Unpack the ZIP at `archive` into `dest`, an existing empty directory. On error `dest` may hold
 /// partial content; the caller deletes it. Blocking: run it on a blocking thread.
@@ -178,7 +178,7 @@ pub fn unpack_open_zip(
     let mut spans = Vec::with_capacity(zip.len());
     let mut extras = CentralExtras::new(reader.clone());
     for index in 0..zip.len() {
-        check(cancel)?;
+        stop_if_cancelled(cancel)?;
         let name = zip
             .by_index_data(index)
             .map_err(bad_archive)?

@@ -1,7 +1,7 @@
 //! Checking out: the trees a fetch planned (the superproject's tree or its sub-directory, then
 //! each submodule's at its place) written into the staging directory through a temporary
 //! index (`read-tree` + `checkout-index`), so no `.git` reaches the release, then validated by
-//! the unpacking rules (`unpack::check_tree`).
+//! the unpacking rules (`unpack::validate_tree`).
 
 use std::ffi::OsString;
 use std::fs;
@@ -86,7 +86,7 @@ impl Checkout {
                 }
             }
         }
-        unpack::check_tree(dest, limits, cancel)
+        unpack::validate_tree(dest, limits, cancel)
     }
 }
 

@@ -12,7 +12,7 @@
 //! the cycle sees a commit that changes nothing under `/path` as "same content": no release, no
 //! hook. The tree is written straight into the staging directory from a temporary index
 //! (`read-tree` + `checkout-index`), then validated by the unpacking rules
-//! (`unpack::check_tree`).
+//! (`unpack::validate_tree`).
 //!
 //! The cache (`${cache}/git/<key>.git`, see `cache.rs`) belongs to this deploy directory; a
 //! damaged one is deleted and fetched again once, never left to wedge every later check (the
