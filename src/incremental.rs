@@ -122,7 +122,7 @@ impl Manifest {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)?;
         }
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        let tmp = crate::fsutil::temp_sibling(path);
         let written = (|| {
             let mut out = io::BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
             serde_json::to_writer(&mut out, &self.header)?;

@@ -143,7 +143,7 @@ impl Releases {
         let target = self.root.join(&name);
         fs::rename(&staging.path, &target)?;
         staging.published = true;
-        File::open(&self.root)?.sync_all()?;
+        crate::fsutil::fsync_dir(&self.root)?;
         Ok(target)
     }
 

@@ -210,11 +210,7 @@ impl CacheFile {
     fn new(cache: &Path, suffix: &str) -> Result<CacheFile> {
         fs::create_dir_all(cache)
             .with_context(|| format!("cannot create cache directory {}", cache.display()))?;
-        let name = format!(
-            "download-{}-{:08x}{suffix}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
+        let name = format!("download-{}{suffix}", crate::fsutil::unique_suffix());
         Ok(CacheFile {
             path: cache.join(name),
         })

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::command::{Git, GitError, Limit};
 use super::endpoint::Endpoint;
+use crate::fsutil;
 
 /// The ref each cache repository keeps its wanted commit under (reachable, so gc keeps it).
 pub(super) const HEAD_REF: &str = "refs/repo-deploy/head";
@@ -134,8 +135,17 @@ pub(super) async fn ensure_repo(
         .parent()
         .ok_or_else(|| anyhow!("{} has no parent directory", dir.display()))?;
     fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    remove_dir(&tmp)?;
+    // Leftovers of a crashed creation of this repository (the deploy lock is ours: no other
+    // agent is making one now).
+    for entry in
+        fs::read_dir(parent).with_context(|| format!("cannot list {}", parent.display()))?
+    {
+        let entry = entry.with_context(|| format!("cannot list {}", parent.display()))?;
+        if fsutil::is_temp_of(&entry.file_name().to_string_lossy(), &name) {
+            remove_dir(&entry.path())?;
+        }
+    }
+    let tmp = fsutil::temp_sibling(dir);
     let mut args: Vec<OsString> = vec![
         "-c".into(),
         "init.defaultBranch=main".into(),
