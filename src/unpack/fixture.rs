@@ -34,12 +34,12 @@ pub(super) fn with_mode(mode: u32) -> SimpleFileOptions {
 pub(super) fn zip_of(build: impl FnOnce(&mut Writer)) -> Vec<u8> {
     let mut writer = ZipWriter::new(Cursor::new(Vec::new()));
     build(&mut writer);
-    writer.finish().unwrap().into_inner()
+    writer.finish().expect("test fixture").into_inner()
 }
 
 pub(super) fn add(w: &mut Writer, name: &str, data: &[u8], options: SimpleFileOptions) {
-    w.start_file(name, options).unwrap();
-    w.write_all(data).unwrap();
+    w.start_file(name, options).expect("test fixture");
+    w.write_all(data).expect("test fixture");
 }
 
 pub(super) fn files(names: &[&str]) -> Vec<u8> {
@@ -50,7 +50,7 @@ pub(super) fn links(links: &[(&str, &str)]) -> Vec<u8> {
     zip_of(|w| {
         links
             .iter()
-            .for_each(|(l, t)| w.add_symlink(*l, *t, stored()).unwrap())
+            .for_each(|(l, t)| w.add_symlink(*l, *t, stored()).expect("test fixture"))
     })
 }
 
@@ -88,16 +88,16 @@ pub(super) struct Fixture(TempDir);
 
 impl Fixture {
     pub(super) fn new() -> Self {
-        let root = TempDir::new().unwrap();
-        fs::create_dir(root.path().join("dest")).unwrap();
-        fs::create_dir(root.path().join("src")).unwrap();
+        let root = TempDir::new().expect("test fixture");
+        fs::create_dir(root.path().join("dest")).expect("test fixture");
+        fs::create_dir(root.path().join("src")).expect("test fixture");
         Fixture(root)
     }
     pub(super) fn path(&self, name: &str) -> PathBuf {
         self.0.path().join(name)
     }
     pub(super) fn unpack(&self, bytes: &[u8], limits: Limits) -> Result<Summary> {
-        fs::write(self.path("archive.zip"), bytes).unwrap();
+        fs::write(self.path("archive.zip"), bytes).expect("test fixture");
         let cancel = CancellationToken::new();
         unpack_zip(
             &self.path("archive.zip"),
@@ -112,14 +112,17 @@ impl Fixture {
     }
     pub(super) fn assert_nothing_outside(&self) {
         let names = fs::read_dir(self.0.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name());
+            .expect("test fixture")
+            .map(|e| e.expect("test fixture").file_name());
         let mut names: Vec<_> = names.filter(|n| n != "archive.zip").collect();
         names.sort();
         assert_eq!(names, ["dest", "src"]);
     }
     pub(super) fn dest_is_empty(&self) -> bool {
-        fs::read_dir(self.path("dest")).unwrap().next().is_none()
+        fs::read_dir(self.path("dest"))
+            .expect("test fixture")
+            .next()
+            .is_none()
     }
 }
 
@@ -155,9 +158,9 @@ pub(super) fn failed(bytes: &[u8], variant: &str, fragment: &str) -> Fixture {
 }
 
 pub(super) fn mode_of(path: &Path) -> u32 {
-    fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    fs::symlink_metadata(path).expect("test fixture").mode() & 0o7777
 }
 
 pub(super) fn mtime_of(path: &Path) -> i64 {
-    fs::symlink_metadata(path).unwrap().mtime()
+    fs::symlink_metadata(path).expect("test fixture").mtime()
 }
