@@ -21,9 +21,25 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// Every exit status, in the order of the SPEC's table.
+    pub const ALL: [Exit; 6] = [
+        Exit::Ok,
+        Exit::Failed,
+        Exit::Usage,
+        Exit::Blocked,
+        Exit::RolledBack,
+        Exit::Locked,
+    ];
+
     /// The process exit status.
     pub fn code(self) -> i32 {
         self as i32
+    }
+
+    /// The exit a status code names, as another run reported it (the control socket's
+    /// answer); `None` for a code the SPEC does not define.
+    pub fn from_code(code: i32) -> Option<Exit> {
+        Exit::ALL.into_iter().find(|e| e.code() == code)
     }
 }
 
@@ -43,6 +59,9 @@ mod tests {
         ];
         for (exit, code) in table {
             assert_eq!(exit.code(), code, "{exit:?}");
+            assert_eq!(Exit::from_code(code), Some(exit));
         }
+        assert_eq!(Exit::ALL.len(), table.len());
+        assert_eq!(Exit::from_code(7), None);
     }
 }

@@ -92,17 +92,7 @@ impl Answer {
 
     /// The exit status it names (an unknown one is a failure).
     pub fn exit(&self) -> Exit {
-        [
-            Exit::Ok,
-            Exit::Failed,
-            Exit::Usage,
-            Exit::Blocked,
-            Exit::RolledBack,
-            Exit::Locked,
-        ]
-        .into_iter()
-        .find(|e| e.code() == self.exit)
-        .unwrap_or(Exit::Failed)
+        Exit::from_code(self.exit).unwrap_or(Exit::Failed)
     }
 }
 
