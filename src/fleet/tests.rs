@@ -474,3 +474,51 @@ async fn nothing_listening_is_unreachable_in_bounded_time() {
     let err = Fleet::connect(&bad).await.expect_err("no scheme");
     assert!(err.to_string().contains("http://HOST:PORT"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password() {
+    use etcdv3client::pb;
+    let cluster = Cluster::start(1);
+    bounded(20, async {
+        let admin = client::Client::new(&ClientOptions::new(cluster.endpoints())).expect("client");
+        admin
+            .call("enable auth", |mut c| async move {
+                let user = pb::AuthUserAddRequest {
+                    name: "root".into(),
+                    password: "s3cret".into(),
+                    ..Default::default()
+                };
+                c.auth.user_add(user).await?;
+                let grant = pb::AuthUserGrantRoleRequest {
+                    user: "root".into(),
+                    role: "root".into(),
+                };
+                c.auth.user_grant_role(grant).await?;
+                c.auth.auth_enable(pb::AuthEnableRequest {}).await
+            })
+            .await
+            .expect("enable auth");
+        let mut good = options(&cluster, "web", "h1");
+        good.client.user = Some("root".into());
+        good.client.password = Some(crate::secret::Secret::new("s3cret"));
+        let fleet = Fleet::connect(&good)
+            .await
+            .expect("connect with the password");
+        fleet
+            .publish_status(&status("h1", "idle"))
+            .await
+            .expect("publish");
+        assert_eq!(fleet.status().await.expect("status").hosts.len(), 1);
+
+        let mut wrong = good.clone();
+        wrong.client.password = Some(crate::secret::Secret::new("nope"));
+        let err = Fleet::connect(&wrong).await.expect_err("wrong password");
+        assert!(matches!(err, FleetError::Auth { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("etcd-password") && !text.contains("nope"),
+            "{text}"
+        );
+    })
+    .await;
+}
