@@ -27,6 +27,8 @@ mod activate;
 mod cycle;
 mod decide;
 mod events;
+#[allow(dead_code)] // wired into the cycle by the rest of issue 12
+mod fleet;
 mod fsutil;
 mod handover;
 mod hooks;
