@@ -71,10 +71,10 @@ async fn ten_holders_never_more_than_three_at_once() {
                     .await
                     .expect("place");
                 place.confirm().await.expect("confirm a held place");
-                log.lock().unwrap().push((Instant::now(), 1));
+                log.lock().expect("log").push((Instant::now(), 1));
                 // The "update": hold the place a while so holders overlap.
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                log.lock().unwrap().push((Instant::now(), -1));
+                log.lock().expect("log").push((Instant::now(), -1));
                 place.release().await.expect("release");
                 fleet.close().await.expect("close");
             }));
@@ -82,7 +82,7 @@ async fn ten_holders_never_more_than_three_at_once() {
         for task in tasks {
             task.await.expect("holder task");
         }
-        let mut events = log.lock().unwrap().clone();
+        let mut events = log.lock().expect("log").clone();
         // A leave happens before the release that lets the next holder in: on a tie, count
         // the leave first.
         events.sort();
