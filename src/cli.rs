@@ -119,6 +119,45 @@ pub enum Command {
         #[arg(long, value_name = "VERSION")]
         to: Option<String>,
     },
+    /// Fleet rollouts (needs `etcd` and `fleet`): the group's status, halts and wake-ups.
+    Fleet {
+        /// What to do.
+        #[command(subcommand)]
+        action: FleetAction,
+    },
+}
+
+/// `repo-deploy fleet …`.
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
+pub enum FleetAction {
+    /// Every live host with its version and phase, who is updating, halted versions and hosts
+    /// that are gone. Exits 1 when a version is halted or a host is gone (for monitoring).
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop VERSION everywhere: no host starts it; with `on-halt = revert` the hosts on it go
+    /// back. Lasts until `fleet resume`.
+    Halt {
+        /// The version (as `fleet status` and `DEPLOY_VERSION` show it).
+        version: String,
+        /// Why, for the people who read `fleet status`.
+        #[arg(long, value_name = "TEXT", default_value = "halted by an operator")]
+        reason: String,
+    },
+    /// Lift the halt of VERSION: hosts take it again at their next check.
+    Resume {
+        /// The halted version.
+        version: String,
+    },
+    /// Make every daemon of the group check now (each after a random part of its `splay`).
+    Notify,
+    /// Stop reporting HOST as gone (a host removed for good).
+    Forget {
+        /// The host's name in the group.
+        host: String,
+    },
 }
 
 #[cfg(test)]

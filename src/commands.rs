@@ -14,10 +14,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::cycle::{self, CycleError};
 use crate::exit::Exit;
+use crate::fleet::Place;
 use crate::handover::{self, AskError, Request, Rollback};
 use crate::hooks::{HookEnv, Phase};
 use crate::lock::{self, LockError};
 use crate::releases::Releases;
+use crate::rollout::{Member, NoPlace};
 use crate::state::{LastCheck, Pin, State};
 
 /// One release on disk, as the commands show it.
@@ -49,6 +51,20 @@ pub struct StatusView {
     pub pinned: Option<Pin>,
     /// The releases on disk, newest first.
     pub releases: Vec<ReleaseView>,
+    /// Fleet mode: this host's phase as the agent last published it; `None` outside fleet mode.
+    pub fleet: Option<FleetPhaseView>,
+}
+
+/// This host in its fleet, as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetPhaseView {
+    /// The group's name.
+    pub fleet: String,
+    /// This host's name in the group.
+    pub host: String,
+    /// `idle`, `waiting`, `updating`, `baking` or `halted` (as last published; a stopped agent
+    /// leaves its last phase here).
+    pub phase: String,
 }
 
 /// The releases on disk, newest first.
@@ -101,6 +117,12 @@ pub fn status(settings: &Settings) -> Result<StatusView> {
         last_check: LastCheck::load(&settings.directory),
         pinned: state.pin,
         releases,
+        fleet: settings.fleet.as_ref().map(|f| FleetPhaseView {
+            fleet: f.options.fleet.clone(),
+            host: f.options.host.clone(),
+            phase: crate::rollout::load_status(&settings.directory)
+                .map_or_else(|| "unknown".into(), |s| s.phase),
+        }),
     })
 }
 
@@ -138,6 +160,12 @@ pub fn render_status(view: &StatusView) -> String {
         }),
     );
     line("releases:", format!("{} on disk", view.releases.len()));
+    if let Some(f) = &view.fleet {
+        line(
+            "fleet:",
+            format!("{} as {}, phase {}", f.fleet, f.host, f.phase),
+        );
+    }
     out
 }
 
@@ -190,7 +218,7 @@ pub async fn rollback(settings: &Settings, to: Option<&str>) -> Exit {
 
 /// Run a rollback; the caller holds the deploy lock. Returns the exit status and a message.
 pub async fn rollback_now(settings: &Settings, to: Option<&str>) -> (Exit, String) {
-    match rollback_locked(settings, to).await {
+    match rollback_locked(settings, to, None).await {
         Ok(name) => (Exit::Ok, format!("rolled back to {name}")),
         Err(e) => (e.exit(), format!("rollback failed: {e}")),
     }
@@ -245,7 +273,75 @@ async fn hand_over(settings: &Settings, to: Option<&str>) -> Exit {
     }
 }
 
-async fn rollback_locked(settings: &Settings, to: Option<&str>) -> Result<String, CycleError> {
+/// Fleet mode, `on-halt = revert` (SPEC § Fleet rollouts, rule 4): when the live version is
+/// halted and its rollout says `revert`, go back to the release before it through a place of
+/// that version (so no more hosts go back at once than `max-parallel`). No pin: the halt
+/// keeps the version off this host, and `fleet resume` lets it come back. `None`: nothing to
+/// revert. The caller holds the deploy lock.
+pub async fn revert_if_halted(
+    settings: &Settings,
+    member: &Member,
+    cancel: &CancellationToken,
+) -> Option<Result<String, CycleError>> {
+    let live = releases(settings).ok()?.into_iter().find(|r| r.live)?;
+    if live.version.is_empty() {
+        return None;
+    }
+    let halt = match member.halted(&live.version).await {
+        Ok(h) => h?,
+        Err(e) => {
+            tracing::warn!(
+                "cannot ask etcd whether the live {} is halted: {e}",
+                live.version
+            );
+            return None;
+        }
+    };
+    match member.reverts(&live.version).await {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(e) => {
+            tracing::warn!(
+                "cannot read the rollout of the halted {}: {e}",
+                live.version
+            );
+            return None;
+        }
+    }
+    member.saw_halt();
+    tracing::warn!(
+        "the live version {} is halted for the fleet (by {}: {}); on-halt = revert: going back to the previous release",
+        live.version,
+        halt.host,
+        halt.reason
+    );
+    let place = match member.revert_place(&live.version, cancel).await {
+        Ok(p) => p,
+        Err(NoPlace::Cancelled) => return Some(Err(CycleError::Interrupted)),
+        // A revert's wait ends with a place, an etcd error or a stop; never with a halt.
+        Err(NoPlace::Fleet(e)) => {
+            return Some(Err(CycleError::Failed(anyhow!(e).context(format!(
+                "no place to go back from the halted {}",
+                live.version
+            )))));
+        }
+        Err(NoPlace::Halted(_)) => return None,
+    };
+    member
+        .set_phase(crate::rollout::Phase::Updating, None)
+        .await;
+    let result = rollback_locked(settings, None, Some(&place)).await;
+    member.release(place, false).await;
+    Some(result)
+}
+
+/// Switch back (see [`rollback`]). With `revert` (fleet mode's `on-halt = revert`) the place
+/// is confirmed before the switch and no pin is set.
+async fn rollback_locked(
+    settings: &Settings,
+    to: Option<&str>,
+    revert: Option<&Place>,
+) -> Result<String, CycleError> {
     // Sweeps and removals: on the blocking pool, not on an async worker.
     let owned = settings.clone();
     tokio::task::spawn_blocking(move || cycle::recover(&owned))
@@ -275,8 +371,17 @@ async fn rollback_locked(settings: &Settings, to: Option<&str>) -> Result<String
         rollback: false,
         deploy_dir: settings.local.clone(),
         remote: settings.remote_display.clone(),
+        fleet: cycle::fleet_env(settings, None),
     };
-    cycle::go_live(settings, env, &CancellationToken::new()).await?;
+    cycle::go_live(settings, env, revert, &CancellationToken::new()).await?;
+    if revert.is_some() {
+        tracing::info!(
+            "reverted to {} ({})",
+            target.name,
+            or_unknown(&target.version)
+        );
+        return Ok(target.name);
+    }
     state.pin = Some(Pin {
         release: target.name.clone(),
         from_version: live.version.clone(),

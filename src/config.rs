@@ -56,6 +56,21 @@ pub const KEYS: &[(&str, &[&str])] = &[
     ("trigger-min-interval", &[]),
     ("splay", &[]),
     ("reuse", &[]),
+    ("etcd", &[]),
+    ("fleet", &[]),
+    ("host", &[]),
+    ("etcd-prefix", &[]),
+    ("etcd-ca", &[]),
+    ("etcd-cert", &[]),
+    ("etcd-key", &[]),
+    ("etcd-user", &[]),
+    ("etcd-password", &[]),
+    ("max-parallel", &[]),
+    ("canary", &[]),
+    ("bake", &[]),
+    ("health-hooks", &[]),
+    ("on-halt", &[]),
+    ("fleet-lease", &[]),
 ];
 
 /// S3 settings from the configuration (the rest of the chain is the AWS SDK's).
@@ -120,6 +135,20 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// Most delay after each scheduled time; each host waits its own stable part of it.
     pub splay: Duration,
+    /// Fleet rollouts (`etcd` and `fleet` set); `None`: this host deploys alone.
+    pub fleet: Option<FleetSettings>,
+}
+
+/// Fleet mode (SPEC § Fleet rollouts): where the group lives, and this host's rollout settings.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// etcd endpoints and credentials, the group's name and keys, this host's name, the lease.
+    pub(crate) options: crate::fleet::FleetOptions,
+    /// `max-parallel`, `canary`, `bake`, `on-halt`: used for a version only if this host is the
+    /// first of the group to ask for it.
+    pub(crate) rollout: crate::fleet::RolloutSettings,
+    /// `health-hooks`: run when the bake starts and every 5 s during it.
+    pub(crate) health_hooks: PathBuf,
 }
 
 /// Settings of the metrics/health/trigger listener.
@@ -193,6 +222,208 @@ fn telemetry_settings(layers: &Layers) -> Result<TelemetrySettings, ConfigError>
         trigger_token,
         trigger_min_interval,
     })
+}
+
+const DEFAULT_HEALTH_HOOKS: &str = "/etc/repo-deploy/health.d";
+
+/// The fleet keys (SPEC § Fleet rollouts): `None` without `etcd`; `etcd` without `fleet`, or
+/// a fleet key without `etcd`, is an error (a host must not deploy alone by mistake).
+fn fleet_settings(layers: &Layers) -> Result<Option<FleetSettings>, ConfigError> {
+    use crate::fleet::{ClientOptions, FleetOptions, MaxParallel, RolloutSettings};
+    const FLEET_KEYS: [&str; 14] = [
+        "fleet",
+        "host",
+        "etcd-prefix",
+        "etcd-ca",
+        "etcd-cert",
+        "etcd-key",
+        "etcd-user",
+        "etcd-password",
+        "max-parallel",
+        "canary",
+        "bake",
+        "health-hooks",
+        "on-halt",
+        "fleet-lease",
+    ];
+    let Some(etcd) = layers.get("etcd") else {
+        if let Some((key, raw)) = FLEET_KEYS
+            .iter()
+            .find_map(|k| layers.get(k).map(|r| (*k, r)))
+        {
+            return Err(value_error(
+                raw,
+                key,
+                "fleet settings need `etcd` (the etcd endpoints) and `fleet` (the group's name)",
+            ));
+        }
+        return Ok(None);
+    };
+    let mut endpoints = Vec::new();
+    for endpoint in etcd
+        .value
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        let ok = url::Url::parse(endpoint).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some()
+                && u.username().is_empty()
+                && u.password().is_none()
+                && u.path().trim_end_matches('/').is_empty()
+        });
+        if !ok {
+            return Err(value_error(
+                etcd,
+                "etcd",
+                format!(
+                    "{endpoint:?} is not an etcd endpoint: write http://HOST:PORT or https://HOST:PORT, comma-separated (credentials go in etcd-user and etcd-password)"
+                ),
+            ));
+        }
+        endpoints.push(endpoint.trim_end_matches('/').to_owned());
+    }
+    if endpoints.is_empty() {
+        return Err(value_error(
+            etcd,
+            "etcd",
+            "expected at least one endpoint such as http://127.0.0.1:2379",
+        ));
+    }
+    let Some(fleet_raw) = layers.get("fleet") else {
+        return Err(value_error(
+            etcd,
+            "etcd",
+            "fleet mode needs `fleet`, the group's name (hosts with the same name roll out together)",
+        ));
+    };
+    let fleet = fleet_raw.value.trim().to_owned();
+    crate::fleet::validate_fleet(&fleet)
+        .map_err(|e| value_error(fleet_raw, "fleet", e.to_string()))?;
+    let host = match layers.get("host") {
+        Some(raw)
+            if raw.value.trim().is_empty()
+                || raw.value.contains('/')
+                || raw.value.chars().any(char::is_control) =>
+        {
+            return Err(value_error(
+                raw,
+                "host",
+                "expected this host's name in the group, without '/'",
+            ));
+        }
+        Some(raw) => raw.value.trim().to_owned(),
+        None => fqdn(),
+    };
+    let prefix = match layers.get("etcd-prefix") {
+        Some(raw) if !raw.value.trim().starts_with('/') => {
+            return Err(value_error(
+                raw,
+                "etcd-prefix",
+                "expected a key prefix starting with '/', such as /repo-deploy",
+            ));
+        }
+        Some(raw) => raw.value.trim().to_owned(),
+        None => "/repo-deploy".to_owned(),
+    };
+    let file = |key: &str| layers.get(key).map(|r| PathBuf::from(r.value.trim()));
+    let mut client = ClientOptions::new(endpoints);
+    client.tls.ca = file("etcd-ca");
+    client.tls.cert = file("etcd-cert");
+    client.tls.key = file("etcd-key");
+    if let (Some(raw), None) | (None, Some(raw)) = (layers.get("etcd-cert"), layers.get("etcd-key"))
+    {
+        let key = if layers.get("etcd-cert").is_some() {
+            "etcd-cert"
+        } else {
+            "etcd-key"
+        };
+        return Err(value_error(
+            raw,
+            key,
+            "etcd-cert and etcd-key go together: set both for a client certificate, or neither",
+        ));
+    }
+    client.user = layers.get("etcd-user").map(|r| r.value.trim().to_owned());
+    client.password = layers
+        .get("etcd-password")
+        .map(|r| Secret::new(r.value.clone()));
+    if let (Some(raw), None) | (None, Some(raw)) =
+        (layers.get("etcd-user"), layers.get("etcd-password"))
+    {
+        let key = if client.user.is_some() {
+            "etcd-user"
+        } else {
+            "etcd-password"
+        };
+        return Err(value_error(
+            raw,
+            key,
+            "etcd-user and etcd-password go together: set both, or neither",
+        ));
+    }
+    let max_parallel = match layers.get("max-parallel") {
+        Some(raw) => raw
+            .value
+            .parse::<MaxParallel>()
+            .map_err(|e| value_error(raw, "max-parallel", e.to_string()))?,
+        None => MaxParallel::Count(1),
+    };
+    let canary = match layers.get("canary") {
+        Some(raw) => u32::try_from(parse_u64(raw, "canary")?)
+            .map_err(|_| value_error(raw, "canary", "expected a number of hosts"))?,
+        None => 0,
+    };
+    let bake = match layers.get("bake") {
+        Some(raw) => match parse_u64(raw, "bake")? {
+            n @ 0..=86_400 => n,
+            _ => {
+                return Err(value_error(
+                    raw,
+                    "bake",
+                    "expected seconds from 0 to 86400 (a day)",
+                ));
+            }
+        },
+        None => 0,
+    };
+    let on_halt = match layers.get("on-halt") {
+        Some(raw) => match raw.value.trim() {
+            v @ ("stay" | "revert") => v.to_owned(),
+            _ => return Err(value_error(raw, "on-halt", "expected stay or revert")),
+        },
+        None => "stay".to_owned(),
+    };
+    let lease_secs = match layers.get("fleet-lease") {
+        Some(raw) => match parse_u64(raw, "fleet-lease")? {
+            n @ 2..=3600 => n,
+            _ => {
+                return Err(value_error(
+                    raw,
+                    "fleet-lease",
+                    "expected seconds from 2 to 3600",
+                ));
+            }
+        },
+        None => 10,
+    };
+    Ok(Some(FleetSettings {
+        options: FleetOptions {
+            client,
+            prefix,
+            fleet,
+            host,
+            lease_secs,
+        },
+        rollout: RolloutSettings {
+            max_parallel,
+            canary,
+            bake,
+            on_halt,
+        },
+        health_hooks: file("health-hooks").unwrap_or_else(|| PathBuf::from(DEFAULT_HEALTH_HOOKS)),
+    }))
 }
 
 /// `splay`: seconds, 0 (the default) for none.
@@ -484,7 +715,12 @@ fn shown(text: &str) -> String {
 }
 
 /// Keys whose values are never shown in an error.
-const SECRET_KEYS: &[&str] = &["aws-access-key", "aws-secret-key", "trigger-token"];
+const SECRET_KEYS: &[&str] = &[
+    "aws-access-key",
+    "aws-secret-key",
+    "trigger-token",
+    "etcd-password",
+];
 
 /// `error`, prefixed with where `raw` came from.
 fn at(raw: &Raw, error: ConfigError) -> ConfigError {
@@ -653,6 +889,7 @@ impl Settings {
         };
         let telemetry = telemetry_settings(&layers)?;
         let splay = splay_setting(&layers)?;
+        let fleet = fleet_settings(&layers)?;
         let max_bytes = layers
             .get("max-size")
             .map_or(Ok(16 << 30), |r| parse_size(r, "max-size"))?;
@@ -756,6 +993,7 @@ impl Settings {
             verbose: cli.verbose,
             telemetry,
             splay,
+            fleet,
         })
     }
 
@@ -766,6 +1004,10 @@ impl Settings {
             &self.aws.access_key,
             &self.aws.secret_key,
             &self.telemetry.trigger_token,
+            &self
+                .fleet
+                .as_ref()
+                .and_then(|f| f.options.client.password.clone()),
         ];
         s.extend(others.into_iter().flatten().map(|x| x.expose().to_string()));
         s
@@ -815,6 +1057,35 @@ impl Settings {
         }
         if let Some(e) = &self.aws.endpoint {
             line("s3-endpoint", e);
+        }
+        if let Some(f) = &self.fleet {
+            let o = &f.options;
+            line("etcd", &o.client.endpoints.join(","));
+            line("fleet", &o.fleet);
+            line("host", &o.host);
+            line("etcd-prefix", &o.prefix);
+            let tls = &o.client.tls;
+            for (key, path) in [
+                ("etcd-ca", &tls.ca),
+                ("etcd-cert", &tls.cert),
+                ("etcd-key", &tls.key),
+            ] {
+                if let Some(p) = path {
+                    line(key, &p.display());
+                }
+            }
+            if let Some(u) = &o.client.user {
+                line("etcd-user", u);
+            }
+            if o.client.password.is_some() {
+                line("etcd-password", &"***");
+            }
+            line("max-parallel", &f.rollout.max_parallel);
+            line("canary", &f.rollout.canary);
+            line("bake", &f.rollout.bake);
+            line("health-hooks", &f.health_hooks.display());
+            line("on-halt", &f.rollout.on_halt);
+            line("fleet-lease", &o.lease_secs);
         }
         out
     }

@@ -23,8 +23,10 @@ use crate::config::Settings;
 use crate::decide::{self, Decision};
 use crate::events::Event;
 use crate::exit::Exit;
-use crate::hooks::{self, HookEnv, HookError, Phase};
+use crate::fleet::Place;
+use crate::hooks::{self, FleetEnv, HookEnv, HookError, Phase};
 use crate::releases::Releases;
+use crate::rollout::{Member, NoPlace};
 use crate::source::{Fetched, Source};
 use crate::state::{PostHooksDue, ReleaseInfo, State};
 
@@ -49,15 +51,29 @@ pub enum CycleError {
     Blocked { version: String, hook: HookError },
     /// A post-update hook failed; the previous release is live again (or, on a first deploy,
     /// `current` was removed).
-    #[error("post-update hook failed for {version}: {hook}; {restored}")]
+    #[error(
+        "{} hook failed for {version}: {hook}; {restored}",
+        if *health { "health" } else { "post-update" }
+    )]
     RolledBack {
         version: String,
         hook: HookError,
         restored: String,
+        /// A health hook of the fleet bake failed, not a post-update hook.
+        health: bool,
     },
     /// Stopped by a signal before the switch; `current` is unchanged.
     #[error("interrupted before the switch; current is unchanged")]
     Interrupted,
+    /// Fleet mode: the version is halted for the group; `current` is unchanged.
+    #[error(
+        "version {version} is halted for the fleet (by {host}: {reason}); current is unchanged. Fix it and run `repo-deploy fleet resume {version}`, or publish a new version"
+    )]
+    Halted {
+        version: String,
+        host: String,
+        reason: String,
+    },
 }
 
 impl From<anyhow::Error> for CycleError {
@@ -70,7 +86,9 @@ impl CycleError {
     /// The SPEC's exit status for this failure.
     pub fn exit(&self) -> Exit {
         match self {
-            CycleError::Failed(_) | CycleError::Interrupted => Exit::Failed,
+            CycleError::Failed(_) | CycleError::Interrupted | CycleError::Halted { .. } => {
+                Exit::Failed
+            }
             CycleError::Blocked { .. } => Exit::Blocked,
             CycleError::RolledBack { .. } => Exit::RolledBack,
         }
@@ -121,10 +139,14 @@ pub fn recover(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Run one check against `source`. The caller holds the deploy lock.
+/// Run one check against `source`. The caller holds the deploy lock. In fleet mode `fleet`
+/// is this host's membership: a new version is refused while halted, and once unpacked it
+/// waits for a place, is confirmed just before the switch, and bakes before the place is
+/// given back (SPEC § Fleet rollouts).
 pub async fn check(
     settings: &Settings,
     source: &Source,
+    fleet: Option<&Member>,
     cancel: &CancellationToken,
 ) -> Result<Outcome, CycleError> {
     let dir = &settings.directory;
@@ -232,6 +254,9 @@ pub async fn check(
         Decision::Deploy { .. } => {}
     }
     tracing::info!("new version {version} from {}", settings.remote_display);
+    if let Some(member) = fleet {
+        refuse_if_halted(member, &version).await?;
+    }
 
     // 2. Unpack into a hidden staging directory; 3. make it durable and give it its name.
     let started = Instant::now();
@@ -306,6 +331,20 @@ pub async fn check(
         return Err(e);
     }
 
+    // Fleet mode: unpacked and verified, the release waits for a place in the group.
+    let place = match fleet {
+        None => None,
+        Some(member) => match member.place(&version, cancel).await {
+            Ok(place) => Some(place),
+            Err(no) => {
+                if discard(settings, &releases, &release).await {
+                    forget(&mut state, &name, dir);
+                }
+                return Err(no_place(&version, no));
+            }
+        },
+    };
+
     // 4.–6. Pre-update hooks, the switch, post-update hooks (and the rollback).
     let env = HookEnv {
         phase: Phase::Pre,
@@ -319,8 +358,44 @@ pub async fn check(
         rollback: false,
         deploy_dir: settings.local.clone(),
         remote: settings.remote_display.clone(),
+        fleet: fleet_env(settings, place.as_ref()),
     };
-    let switched = match go_live(settings, env, cancel).await {
+    if let Some(member) = fleet {
+        member
+            .set_phase(crate::rollout::Phase::Updating, None)
+            .await;
+    }
+    let activator = settings.activator();
+    let mut result = go_live_with(settings, &activator, env.clone(), place.as_ref(), cancel).await;
+    // Fleet mode: the bake keeps the place while the health hooks watch the new release.
+    let mut baked = false;
+    if let (Ok(switched), Some(member), Some(place)) = (&result, fleet, &place) {
+        let secs = place.rollout().settings.bake;
+        if secs > 0 {
+            member.set_phase(crate::rollout::Phase::Baking, None).await;
+            let env = HookEnv {
+                phase: Phase::Health,
+                current: switched.current.clone(),
+                previous: switched.previous.clone(),
+                ..env
+            };
+            match bake(settings, &activator, &env, &release, secs, cancel).await {
+                Ok(healthy) => baked = healthy,
+                Err(e) => result = Err(e),
+            }
+        } else {
+            baked = true;
+        }
+    }
+    if let (Some(member), Some(place)) = (fleet, place) {
+        if let Err(e) = &result
+            && let Some(reason) = halt_reason(e)
+        {
+            member.halt(&version, &reason).await;
+        }
+        member.release(place, baked && result.is_ok()).await;
+    }
+    let switched = match result {
         Ok(s) => s,
         Err(e) => {
             // A release `current` still shows (its switch back failed) keeps its record.
@@ -344,6 +419,124 @@ pub async fn check(
     }
     retain_off(settings, &releases, &mut state, &protect).await;
     Ok(Outcome::Deployed { version, release })
+}
+
+/// Fleet mode: a halted version is not deployed (and nothing is unpacked for it).
+async fn refuse_if_halted(member: &Member, version: &str) -> Result<(), CycleError> {
+    match member.halted(version).await {
+        Ok(None) => Ok(()),
+        Ok(Some(halt)) => {
+            member.saw_halt();
+            Err(CycleError::Halted {
+                version: version.to_owned(),
+                host: halt.host,
+                reason: halt.reason,
+            })
+        }
+        Err(e) => Err(CycleError::Failed(anyhow!(e).context(format!(
+            "cannot ask etcd whether {version} is halted: nothing deployed"
+        )))),
+    }
+}
+
+/// The error of a wait for a place that ended without one.
+fn no_place(version: &str, no: NoPlace) -> CycleError {
+    match no {
+        NoPlace::Cancelled => CycleError::Interrupted,
+        NoPlace::Halted(halt) => CycleError::Halted {
+            version: version.to_owned(),
+            host: halt.host,
+            reason: halt.reason,
+        },
+        NoPlace::Fleet(e) => CycleError::Failed(anyhow!(e).context(format!(
+            "no place in the fleet for {version}: nothing deployed"
+        ))),
+    }
+}
+
+/// `DEPLOY_FLEET` and `DEPLOY_CANARY` for hooks run in fleet mode.
+pub fn fleet_env(settings: &Settings, place: Option<&Place>) -> Option<FleetEnv> {
+    settings.fleet.as_ref().map(|f| FleetEnv {
+        fleet: f.options.fleet.clone(),
+        canary: place.is_some_and(Place::is_canary),
+    })
+}
+
+/// Why a failed update halts the version for the group (rule 4), if it does: it got as far
+/// as the switch and failed in a post-update or health hook. A blocking pre-update hook, a
+/// failed download or a lost place halts nothing.
+fn halt_reason(e: &CycleError) -> Option<String> {
+    match e {
+        CycleError::RolledBack { hook, health, .. } => Some(format!(
+            "{} {hook}",
+            if *health { "health" } else { "post-update" }
+        )),
+        CycleError::Failed(e) => {
+            let text = e.to_string();
+            (text.starts_with("post-update hook failed") || text.starts_with("health hook failed"))
+                .then_some(text)
+        }
+        _ => None,
+    }
+}
+
+/// Fleet mode's bake: the health hooks run at its start and every 5 s until `secs` have
+/// passed (this host's monotonic clock); an unhealthy release is rolled back like a failed
+/// post-update hook. `Ok(false)`: the agent is stopping, so the bake ended early (not a
+/// healthy bake: a canary does not record it).
+async fn bake(
+    settings: &Settings,
+    activator: &Activator,
+    env: &HookEnv,
+    release: &Path,
+    secs: u64,
+    cancel: &CancellationToken,
+) -> Result<bool, CycleError> {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    let Some(hooks_dir) = settings.fleet.as_ref().map(|f| f.health_hooks.clone()) else {
+        return Ok(true);
+    };
+    let end = Instant::now() + std::time::Duration::from_secs(secs);
+    let never = CancellationToken::new();
+    tracing::info!("baking {} for {secs}s", env.version);
+    loop {
+        if let Err(e) = hooks::run_parts(&hooks_dir, env, settings.hook_timeout, &never).await {
+            let failed = HookEnv {
+                phase: Phase::Post,
+                ..env.clone()
+            };
+            return Err(
+                match roll_back(activator, settings, &failed, release, &never).await {
+                    Ok(restored) => CycleError::RolledBack {
+                        version: env.version.clone(),
+                        hook: e,
+                        restored,
+                        health: true,
+                    },
+                    Err(failed) => CycleError::Failed(anyhow!(
+                        "health hook failed for {}: {e}; {failed}",
+                        env.version
+                    )),
+                },
+            );
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(left.min(EVERY)) => {}
+            () = cancel.cancelled() => {
+                tracing::warn!("stopping during the bake of {}: it is live, the bake is not recorded", env.version);
+                return Ok(false);
+            }
+        }
+        if Instant::now() >= end {
+            break;
+        }
+    }
+    tracing::info!("{} baked healthy for {secs}s", env.version);
+    Ok(true)
 }
 
 /// [`retain`] (whole directory trees removed) on the blocking pool, not on an async worker.
@@ -403,12 +596,17 @@ fn retain(settings: &Settings, releases: &Releases, state: &mut State, protect: 
 /// failure switches back and re-runs them with `DEPLOY_ROLLBACK=1`). `env` describes the
 /// pre-update run. `cancel` is honoured until the switch, never after it. The caller removes
 /// the release if it should not stay.
+///
+/// In fleet mode `place` is the place held for this switch: it is confirmed (one etcd
+/// transaction) after the pre-update hooks and just before the switch; a place that is no
+/// longer held (lease expired while paused) means no switch.
 pub async fn go_live(
     settings: &Settings,
     env: HookEnv,
+    place: Option<&Place>,
     cancel: &CancellationToken,
 ) -> Result<Switched, CycleError> {
-    go_live_with(settings, &settings.activator(), env, cancel).await
+    go_live_with(settings, &settings.activator(), env, place, cancel).await
 }
 
 /// [`go_live`] with the given activator (a unit test injects its failures).
@@ -416,6 +614,7 @@ async fn go_live_with(
     settings: &Settings,
     activator: &Activator,
     env: HookEnv,
+    place: Option<&Place>,
     cancel: &CancellationToken,
 ) -> Result<Switched, CycleError> {
     let version = env.version.clone();
@@ -428,6 +627,11 @@ async fn go_live_with(
     }
     if cancel.is_cancelled() {
         return Err(CycleError::Interrupted);
+    }
+    if let Some(place) = place {
+        place.confirm().await.map_err(|e| {
+            CycleError::Failed(anyhow!(e).context(format!("{version} not switched")))
+        })?;
     }
 
     // The switch. From here on this runs to its end, whatever the signals say.
@@ -526,6 +730,7 @@ async fn post_hooks(
                 version: env.version.clone(),
                 hook: e,
                 restored,
+                health: false,
             }),
             // Not "rolled back": the failed release is still live.
             Err(failed) => Err(CycleError::Failed(anyhow!(
@@ -573,6 +778,7 @@ async fn resume(
         rollback: false,
         deploy_dir: settings.local.clone(),
         remote: settings.remote_display.clone(),
+        fleet: fleet_env(settings, None),
     };
     post_hooks(settings, &settings.activator(), &env, &release).await?;
     tracing::info!("post-update hooks of {} passed", due.version);
@@ -631,6 +837,7 @@ async fn roll_back(
         rollback: true,
         deploy_dir: failed.deploy_dir.clone(),
         remote: failed.remote.clone(),
+        fleet: failed.fleet.clone(),
     };
     if let Err(e) = hooks::run_parts(&settings.post_hooks, &env, settings.hook_timeout, never).await
     {
@@ -780,6 +987,7 @@ mod tests {
             rollback: false,
             deploy_dir: settings.local.clone(),
             remote: "test".into(),
+            fleet: None,
         }
     }
 
@@ -795,7 +1003,8 @@ mod tests {
                 let releases = Releases::open(&settings.directory).expect("releases");
                 let (activator, fail) = settings.activator().failing_at(n);
                 let never = CancellationToken::new();
-                let result = go_live_with(&settings, &activator, env(&settings, &b), &never).await;
+                let result =
+                    go_live_with(&settings, &activator, env(&settings, &b), None, &never).await;
                 let step = fail.log().get(n - 1).copied().unwrap_or("none");
                 let at = format!("{mode}, step {n} ({step})");
                 let Err(e) = result else {

@@ -20,6 +20,7 @@
 //! tokio's blocking pool, so a slow disk never stalls signals, telemetry or the socket.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -32,6 +33,7 @@ use crate::cycle::{self, CycleError, Outcome};
 use crate::exit::Exit;
 use crate::handover::{self, Answer, ControlSocket, Incoming};
 use crate::lock::{self, DeployLock, LockError};
+use crate::rollout::{Member, Wake};
 use crate::schedule;
 use crate::source::Source;
 use crate::state::LastCheck;
@@ -109,8 +111,16 @@ pub async fn run(
     };
 
     if settings.once {
-        let (result, _) = guarded_check(&settings, &source, &mut signals).await;
-        return report(&settings, &result);
+        let member = settings
+            .fleet
+            .as_ref()
+            .map(|f| Member::new(f, &settings.directory, None));
+        let (result, _) = guarded_check(&settings, &source, member.as_ref(), &mut signals).await;
+        let exit = report(&settings, &result);
+        if let Some(member) = &member {
+            member.leave().await;
+        }
+        return exit;
     }
 
     let telemetry = match Telemetry::start(&settings).await {
@@ -128,14 +138,26 @@ pub async fn run(
         held.path().display()
     );
     log_splay(&settings);
+    let mut fleet = Membership::start(&settings, &telemetry);
     let mut check_now = true;
+    // `fleet notify`: a check at this time (now plus a random part of `splay`).
+    let mut notified: Option<tokio::time::Instant> = None;
+    // Whether the last check met a halted version (a resume then wakes this host).
+    let mut last_halted = false;
     loop {
         if check_now {
+            notified = None;
             let (result, deferred) = telemetry
-                .observe(guarded_check(&settings, &source, &mut signals))
+                .observe(guarded_check(
+                    &settings,
+                    &source,
+                    fleet.member(),
+                    &mut signals,
+                ))
                 .await;
             report(&settings, &result);
             telemetry.checked(&result, &settings);
+            last_halted = matches!(result, Err(CycleError::Halted { .. }));
             if deferred.stop {
                 break;
             }
@@ -149,18 +171,42 @@ pub async fn run(
                     &reload,
                 )
                 .await;
+                fleet.restart(&settings, &telemetry).await;
             }
             check_now = deferred.check_now;
             if check_now {
                 continue;
             }
         }
-        let wait = next_wait(&settings);
+        let mut wait = next_wait(&settings);
+        if let Some(at) = notified {
+            let until = at.saturating_duration_since(tokio::time::Instant::now());
+            wait = Some(wait.map_or(until, |w| w.min(until)));
+        }
         tokio::select! {
             () = sleep_or_forever(wait) => check_now = true,
+            Some(wake) = fleet.wakes.recv() => match wake {
+                Wake::Notify => {
+                    let delay = random_part(settings.splay);
+                    tracing::info!("fleet notify: checking in {:.1}s", delay.as_secs_f64());
+                    notified = Some(tokio::time::Instant::now() + delay);
+                }
+                // A halt of the live version (on-halt = revert: go back now), or a resume
+                // of the version the last check refused (take it, after the splay).
+                Wake::Halts => {
+                    if fleet.live_is_halted(&settings).await {
+                        check_now = true;
+                    } else if last_halted {
+                        notified = Some(tokio::time::Instant::now() + random_part(settings.splay));
+                    }
+                }
+            },
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
-            _ = signals.hup.recv() => reload_with(&telemetry, &mut settings, &mut source, &mut held, &mut control, &reload).await,
+            _ = signals.hup.recv() => {
+                reload_with(&telemetry, &mut settings, &mut source, &mut held, &mut control, &reload).await;
+                fleet.restart(&settings, &telemetry).await;
+            }
             _ = signals.usr1.recv() => {
                 tracing::info!("SIGUSR1: checking now");
                 check_now = true;
@@ -175,11 +221,13 @@ pub async fn run(
                 }
                 if deferred.reload {
                     reload_with(&telemetry, &mut settings, &mut source, &mut held, &mut control, &reload).await;
+                    fleet.restart(&settings, &telemetry).await;
                 }
                 check_now = deferred.check_now;
             }
         }
     }
+    fleet.stop().await;
     telemetry.stopping();
     tracing::info!("stopped");
     Exit::Ok
@@ -304,17 +352,136 @@ async fn sleep_or_forever(wait: Option<Duration>) {
 }
 
 /// Run one check while listening to signals: a stop cancels it (the cycle decides what
-/// that means at its current step); a reload or a check-now waits for it to end.
+/// that means at its current step); a reload or a check-now waits for it to end. In fleet
+/// mode a host whose live version is halted with `on-halt = revert` then goes back, and the
+/// check's result is published to the group.
 async fn guarded_check(
     settings: &Settings,
     source: &Source,
+    member: Option<&Member>,
     signals: &mut Signals,
 ) -> (Result<Outcome, CycleError>, Deferred) {
     let cancel = CancellationToken::new();
     let mut deferred = Deferred::default();
-    let check = cycle::check(settings, source, &cancel);
-    let result = with_signals(check, signals, &cancel, &mut deferred).await;
+    let work = async {
+        let result = cycle::check(settings, source, member, &cancel).await;
+        if let Some(member) = member {
+            after_check(settings, member, &result, &cancel).await;
+        }
+        result
+    };
+    let result = with_signals(work, signals, &cancel, &mut deferred).await;
     (result, deferred)
+}
+
+/// Fleet mode, after a check: go back from a halted live version (`on-halt = revert`), then
+/// publish the result, the live version and the phase.
+async fn after_check(
+    settings: &Settings,
+    member: &Member,
+    result: &Result<Outcome, CycleError>,
+    cancel: &CancellationToken,
+) {
+    if !matches!(result, Err(CycleError::Interrupted)) {
+        match crate::commands::revert_if_halted(settings, member, cancel).await {
+            Some(Ok(name)) => tracing::warn!("went back to {name}: the live version was halted"),
+            Some(Err(e)) => tracing::error!("cannot go back from the halted version: {e}"),
+            None => {}
+        }
+    }
+    let live = live_version(settings);
+    let live_halted = match &live {
+        Some(v) => matches!(member.halted(v).await, Ok(Some(_))),
+        None => false,
+    };
+    let halted = live_halted
+        || matches!(
+            result,
+            Err(CycleError::Halted { .. } | CycleError::RolledBack { .. })
+        );
+    member.checked(live, result_label(result), halted).await;
+}
+
+/// The live version as the state records it.
+fn live_version(settings: &Settings) -> Option<String> {
+    crate::commands::releases(settings)
+        .ok()?
+        .into_iter()
+        .find(|r| r.live)
+        .map(|r| r.version)
+        .filter(|v| !v.is_empty())
+}
+
+/// A random part of `splay` (fleet notify: the group must not hit the origin at once).
+fn random_part(splay: Duration) -> Duration {
+    splay.mul_f64(rand::random::<f64>())
+}
+
+/// The daemon's membership of its fleet: the member, its watcher task, and the wake-ups the
+/// watcher sends (`fleet notify`, halts and resumes).
+struct Membership {
+    member: Option<Arc<Member>>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
+    wakes: tokio::sync::mpsc::Receiver<Wake>,
+}
+
+impl Membership {
+    fn start(settings: &Settings, telemetry: &Telemetry) -> Membership {
+        let (tx, wakes) = tokio::sync::mpsc::channel(8);
+        let Some(fleet) = &settings.fleet else {
+            return Membership {
+                member: None,
+                watcher: None,
+                wakes,
+            };
+        };
+        let member = Arc::new(Member::new(
+            fleet,
+            &settings.directory,
+            Some(telemetry.sink()),
+        ));
+        let watching = member.clone();
+        let watcher = tokio::spawn(async move {
+            watching
+                .watch(move |wake| {
+                    // A full queue already holds a wake-up of the same effect.
+                    let _ = tx.try_send(wake);
+                })
+                .await;
+        });
+        Membership {
+            member: Some(member),
+            watcher: Some(watcher),
+            wakes,
+        }
+    }
+
+    fn member(&self) -> Option<&Member> {
+        self.member.as_deref()
+    }
+
+    /// After SIGHUP: leave with the old settings, join with the new ones.
+    async fn restart(&mut self, settings: &Settings, telemetry: &Telemetry) {
+        self.stop().await;
+        *self = Membership::start(settings, telemetry);
+    }
+
+    async fn stop(&mut self) {
+        if let Some(watcher) = self.watcher.take() {
+            watcher.abort();
+        }
+        if let Some(member) = self.member.take() {
+            member.leave().await;
+        }
+    }
+
+    /// Whether the live version is halted (the watcher's copy: no request).
+    async fn live_is_halted(&self, settings: &Settings) -> bool {
+        match (self.member(), live_version(settings)) {
+            (Some(member), Some(live)) => matches!(member.halted(&live).await, Ok(Some(_))),
+            _ => false,
+        }
+    }
 }
 
 async fn with_signals<T>(
@@ -351,16 +518,27 @@ fn report(settings: &Settings, result: &Result<Outcome, CycleError>) -> Exit {
         Ok(Outcome::Deployed { .. }) => LastCheck::record(dir, "deployed", None),
         Err(e) => {
             tracing::error!("check failed: {e}");
-            let result = match e {
-                CycleError::Failed(_) => "failed",
-                CycleError::Blocked { .. } => "blocked",
-                CycleError::RolledBack { .. } => "rolled_back",
-                CycleError::Interrupted => "interrupted",
-            };
-            LastCheck::record(dir, result, Some(crate::logging::mask(&e.to_string())));
+            LastCheck::record(
+                dir,
+                result_label(result),
+                Some(crate::logging::mask(&e.to_string())),
+            );
         }
     }
     result.as_ref().map_or_else(CycleError::exit, |_| Exit::Ok)
+}
+
+/// A check's result in one word, as `status` and the fleet show it.
+fn result_label(result: &Result<Outcome, CycleError>) -> &'static str {
+    match result {
+        Ok(Outcome::Unchanged { .. }) => "unchanged",
+        Ok(Outcome::Deployed { .. }) => "deployed",
+        Err(CycleError::Failed(_)) => "failed",
+        Err(CycleError::Blocked { .. }) => "blocked",
+        Err(CycleError::RolledBack { .. }) => "rolled_back",
+        Err(CycleError::Interrupted) => "interrupted",
+        Err(CycleError::Halted { .. }) => "halted",
+    }
 }
 
 /// SIGHUP, told to systemd (RELOADING … READY) and to telemetry (which applies the new

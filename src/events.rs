@@ -24,6 +24,12 @@ pub enum Event<'a> {
         phase: HookPhase,
         outcome: HookOutcome,
     },
+    /// Fleet mode: etcd was reached (`true`) or could not be (`false`).
+    FleetConnected(bool),
+    /// Fleet mode: how long this host waited for a place (canaries and the limit).
+    PlaceWaited { took: Duration },
+    /// Fleet mode: a check met a halted version, or this host halted one.
+    HaltSeen,
 }
 
 /// Which hook chain a hook belongs to.
@@ -31,6 +37,8 @@ pub enum Event<'a> {
 pub enum HookPhase {
     Pre,
     Post,
+    /// The health hooks of a fleet bake.
+    Health,
 }
 
 /// How a hook ended.

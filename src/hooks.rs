@@ -44,6 +44,18 @@ pub struct HookEnv {
     pub deploy_dir: PathBuf,
     /// `DEPLOY_REMOTE`, credentials already masked.
     pub remote: String,
+    /// Fleet mode: `DEPLOY_FLEET` (the group) and `DEPLOY_CANARY` (this host is one of the
+    /// version's canaries); `None`: both are left out.
+    pub fleet: Option<FleetEnv>,
+}
+
+/// The hook variables of fleet mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetEnv {
+    /// `DEPLOY_FLEET`.
+    pub fleet: String,
+    /// `DEPLOY_CANARY=1`.
+    pub canary: bool,
 }
 
 impl HookEnv {
@@ -53,7 +65,7 @@ impl HookEnv {
                 .map(|p| p.as_os_str().to_owned())
                 .unwrap_or_default()
         };
-        vec![
+        let mut vars = vec![
             ("CURRENT_CONFIG", self.current.as_os_str().to_owned()),
             ("PREVIOUS_CONFIG", path(&self.previous)),
             ("DEPLOY_VERSION", self.version.clone().into()),
@@ -63,10 +75,10 @@ impl HookEnv {
             ),
             (
                 "DEPLOY_PHASE",
-                if self.phase == Phase::Pre {
-                    "pre"
-                } else {
-                    "post"
+                match self.phase {
+                    Phase::Pre => "pre",
+                    Phase::Post => "post",
+                    Phase::Health => "health",
                 }
                 .into(),
             ),
@@ -76,7 +88,12 @@ impl HookEnv {
             ),
             ("DEPLOY_DIR", self.deploy_dir.as_os_str().to_owned()),
             ("DEPLOY_REMOTE", self.remote.clone().into()),
-        ]
+        ];
+        if let Some(fleet) = &self.fleet {
+            vars.push(("DEPLOY_FLEET", fleet.fleet.clone().into()));
+            vars.push(("DEPLOY_CANARY", if fleet.canary { "1" } else { "0" }.into()));
+        }
+        vars
     }
 }
 
@@ -334,6 +351,7 @@ mod tests {
             rollback: false,
             deploy_dir: "/d/current".into(),
             remote: "https://***@h/a.zip".into(),
+            fleet: None,
         }
     }
 

@@ -9,7 +9,7 @@ use clap::Parser;
 use repo_deploy::cli::{Cli, Command};
 use repo_deploy::config::Settings;
 use repo_deploy::exit::Exit;
-use repo_deploy::{cmdline, commands, daemon, logging, progress};
+use repo_deploy::{cmdline, commands, daemon, fleet_commands, logging, progress};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -56,6 +56,9 @@ fn main() -> ExitCode {
                 Some(Command::Rollback { to }) => {
                     let to = to.clone();
                     block_on(async move { commands::rollback(&settings, to.as_deref()).await })
+                }
+                Some(Command::Fleet { action }) => {
+                    block_on(async { fleet_commands::run(&settings, action).await })
                 }
                 None => {
                     if settings.once {

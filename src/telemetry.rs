@@ -90,6 +90,7 @@ impl Sink for Shared {
                     phase: match phase {
                         HookPhase::Pre => "pre",
                         HookPhase::Post => "post",
+                        HookPhase::Health => "health",
                     },
                     result: match outcome {
                         HookOutcome::Success => "success",
@@ -100,6 +101,15 @@ impl Sink for Shared {
                     },
                 };
                 self.metrics.hook_runs.get_or_create(&labels).inc();
+            }
+            Event::FleetConnected(up) => {
+                self.metrics.fleet_connected.set(i64::from(up));
+            }
+            Event::PlaceWaited { took } => {
+                self.metrics.place_wait.inc_by(took.as_secs_f64());
+            }
+            Event::HaltSeen => {
+                self.metrics.halts_seen.inc();
             }
         }
     }
@@ -126,7 +136,14 @@ struct VersionLabel {
 }
 
 /// The results a check is counted under (`repo_deploy_checks_total{result=…}`).
-const RESULTS: [&str; 5] = ["unchanged", "deployed", "failed", "blocked", "rolled_back"];
+const RESULTS: [&str; 6] = [
+    "unchanged",
+    "deployed",
+    "failed",
+    "blocked",
+    "rolled_back",
+    "halted",
+];
 
 /// Every metric, and the registry that encodes them (names are `repo_deploy_` + the name
 /// given here + the unit + `_total` for counters).
@@ -141,6 +158,9 @@ struct Metrics {
     downloaded_bytes: Counter,
     hook_runs: Family<HookLabels, Counter>,
     live_version: Family<VersionLabel, Gauge>,
+    fleet_connected: Gauge,
+    place_wait: Counter<f64, AtomicU64>,
+    halts_seen: Counter,
 }
 
 impl Metrics {
@@ -157,6 +177,9 @@ impl Metrics {
             downloaded_bytes: Counter::default(),
             hook_runs: Family::default(),
             live_version: Family::default(),
+            fleet_connected: Gauge::default(),
+            place_wait: Counter::default(),
+            halts_seen: Counter::default(),
         };
         // Every result is shown from the start, at 0, so rate() and alerts work before the
         // first failure.
@@ -214,6 +237,22 @@ impl Metrics {
             "live_version_info",
             "The version that is live (value 1)",
             m.live_version.clone(),
+        );
+        r.register(
+            "fleet_connected",
+            "Fleet mode: 1 while this host's etcd lease is alive, 0 when etcd cannot be reached",
+            m.fleet_connected.clone(),
+        );
+        r.register_with_unit(
+            "fleet_place_wait",
+            "Fleet mode: time spent waiting for a place (canaries and max-parallel)",
+            Unit::Seconds,
+            m.place_wait.clone(),
+        );
+        r.register(
+            "fleet_halts_seen",
+            "Fleet mode: checks that met a halted version, and halts this host set",
+            m.halts_seen.clone(),
         );
         m
     }
@@ -435,6 +474,11 @@ impl Telemetry {
         lock(&self.server).as_ref().map(|s| s.addr)
     }
 
+    /// Where events from outside a check go (fleet mode's connection, in its own task).
+    pub fn sink(&self) -> Arc<dyn Sink> {
+        self.shared.clone()
+    }
+
     /// Run one check with its [`events`](crate::events) counted here.
     pub async fn observe<T>(&self, check: impl Future<Output = T>) -> T {
         *lock(&self.check_started) = Instant::now();
@@ -452,6 +496,7 @@ impl Telemetry {
             Err(CycleError::Failed(_)) => "failed",
             Err(CycleError::Blocked { .. }) => "blocked",
             Err(CycleError::RolledBack { .. }) => "rolled_back",
+            Err(CycleError::Halted { .. }) => "halted",
             // Stopped by a signal: the agent is going away; nothing to count.
             Err(CycleError::Interrupted) => return,
         };

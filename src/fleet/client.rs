@@ -161,6 +161,7 @@ impl Client {
     }
 
     /// The endpoint the next request goes to first (the last that answered).
+    #[cfg(test)]
     pub fn current_endpoint(&self) -> &str {
         let i = self.inner.current.load(Ordering::Relaxed) % self.inner.endpoints.len();
         &self.inner.endpoints[i].url

@@ -92,6 +92,16 @@ impl Keys {
         format!("{}{}", self.halted_all(), segment(version))
     }
 
+    /// `{root}known/`: every host that joined and did not leave cleanly (no lease).
+    pub fn known_all(&self) -> String {
+        format!("{}known/", self.root)
+    }
+
+    /// `{root}known/{host}`.
+    pub fn known(&self, host: &str) -> String {
+        format!("{}{}", self.known_all(), segment(host))
+    }
+
     /// `{root}notify`: a put wakes every daemon of the group.
     pub fn notify(&self) -> String {
         format!("{}notify", self.root)

@@ -186,14 +186,6 @@ pub async fn wait_event(
     }
 }
 
-/// A key's value as UTF-8 text, or [`FleetError::BadValue`] naming the key.
-pub fn text(kv: &KeyValue) -> Result<&str, FleetError> {
-    std::str::from_utf8(&kv.value).map_err(|_| FleetError::BadValue {
-        key: String::from_utf8_lossy(&kv.key).into_owned(),
-        message: "not UTF-8".into(),
-    })
-}
-
 /// A key's value parsed as JSON, or [`FleetError::BadValue`] naming the key.
 pub fn json<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T, FleetError> {
     serde_json::from_slice(&kv.value).map_err(|e| FleetError::BadValue {

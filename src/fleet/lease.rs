@@ -69,11 +69,6 @@ impl Lease {
         self.id
     }
 
-    /// The TTL.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     /// Whether the lease is known to be lost.
     pub fn is_lost(&self) -> bool {
         *self.lost.borrow()
@@ -106,7 +101,7 @@ impl Lease {
     }
 
     /// Stop keeping the lease alive and revoke it: every key under it goes at once.
-    pub async fn revoke(self) -> Result<(), FleetError> {
+    pub async fn revoke(&self) -> Result<(), FleetError> {
         self.task.abort();
         let id = self.id;
         self.client

@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 pub use client::ClientOptions;
 pub use error::FleetError;
 pub use halt::Halt;
-pub use places::{Place, RolloutSettings};
+pub use keys::validate_fleet;
+pub use places::{MaxParallel, Place, Rollout, RolloutSettings};
 
 use client::Client;
 use keys::{Keys, name_under};
@@ -75,6 +76,9 @@ pub struct FleetStatus {
     pub updating: Vec<String>,
     /// Every halted version.
     pub halted: Vec<Halt>,
+    /// Hosts that joined the group and are gone without leaving (their lease expired: a crash,
+    /// a lost network, a host paused): `fleet forget HOST` clears one that is gone for good.
+    pub gone: Vec<String>,
 }
 
 /// This host's connection to its group.
@@ -105,6 +109,11 @@ impl Fleet {
         })
     }
 
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        self.keys.fleet()
+    }
+
     /// This host's name.
     pub fn host(&self) -> &str {
         &self.host
@@ -119,6 +128,29 @@ impl Fleet {
     /// Wait until the lease is lost.
     pub async fn lease_lost(&self) -> FleetError {
         self.lease.lost().await
+    }
+
+    /// Record that this host is a member (under no lease): a host that disappears without
+    /// [`Fleet::leave`] is then reported as gone by `fleet status`.
+    pub async fn register(&self) -> Result<(), FleetError> {
+        kv::put(
+            &self.client,
+            &self.keys.known(&self.host),
+            self.host.as_bytes(),
+            0,
+        )
+        .await
+    }
+
+    /// Leave the group cleanly: forget the membership, then revoke the lease.
+    pub async fn leave(&self) -> Result<(), FleetError> {
+        kv::delete(&self.client, &self.keys.known(&self.host)).await?;
+        self.close().await
+    }
+
+    /// Forget `host`'s membership (`fleet forget`); whether it was known.
+    pub async fn forget(&self, host: &str) -> Result<bool, FleetError> {
+        kv::delete(&self.client, &self.keys.known(host)).await
     }
 
     /// Publish this host's presence and status under its lease.
@@ -148,6 +180,29 @@ impl Fleet {
             wanted,
         )
         .await
+    }
+
+    /// Wait (by watch) for a place to go back from the halted `version` (`on-halt =
+    /// revert`): the version's own places and limit, no canary wait.
+    pub async fn acquire_revert_place(
+        &self,
+        version: &str,
+        wanted: &RolloutSettings,
+    ) -> Result<Place, FleetError> {
+        places::acquire_for_revert(
+            &self.client,
+            &self.keys,
+            &self.lease,
+            &self.host,
+            version,
+            wanted,
+        )
+        .await
+    }
+
+    /// Take back this host's place request for `version` (a cancelled or halted wait).
+    pub async fn withdraw_place(&self, version: &str) -> Result<(), FleetError> {
+        places::withdraw(&self.client, &self.keys, &self.host, version).await
     }
 
     /// Halt `version` for the whole group (unless halted already); whether this call did.
@@ -182,8 +237,28 @@ impl Fleet {
         Ok(NotifyWatch {
             client: self.client.clone(),
             key: self.keys.notify(),
+            prefix: false,
             seen: revision,
         })
+    }
+
+    /// Every halted version now, and a watch that returns at each later halt or resume.
+    pub async fn watch_halts(&self) -> Result<(Vec<Halt>, NotifyWatch), FleetError> {
+        let dir = self.keys.halted_all();
+        let (kvs, revision) = kv::list(&self.client, &dir).await?;
+        let mut halts = Vec::with_capacity(kvs.len());
+        for kv_now in &kvs {
+            if name_under(&dir, &kv_now.key).is_some() {
+                halts.push(kv::json(kv_now)?);
+            }
+        }
+        let watch = NotifyWatch {
+            client: self.client.clone(),
+            key: dir,
+            prefix: true,
+            seen: revision,
+        };
+        Ok((halts, watch))
     }
 
     /// The group's status, as `fleet status --json` prints it.
@@ -201,48 +276,79 @@ impl Fleet {
             .filter(|h| h.phase == "updating" || h.phase == "baking")
             .map(|h| h.host.clone())
             .collect();
+        let known_dir = self.keys.known_all();
+        let (known, _) = kv::list(&self.client, &known_dir).await?;
+        let gone = known
+            .iter()
+            .filter_map(|k| name_under(&known_dir, &k.key))
+            .filter(|name| !hosts.iter().any(|h: &HostStatus| &h.host == name))
+            .collect();
         Ok(FleetStatus {
             fleet: self.keys.fleet().to_owned(),
             hosts,
             updating,
             halted: halt::list(&self.client, &self.keys).await?,
+            gone,
         })
     }
 
+    /// The settings and canaries of the rollout of `version`, if a host asked for it.
+    pub async fn rollout(&self, version: &str) -> Result<Option<Rollout>, FleetError> {
+        let (kv_now, _) = kv::get(&self.client, &self.keys.rollout(version)).await?;
+        kv_now.as_ref().map(kv::json).transpose()
+    }
+
     /// Revoke the lease: this host's presence (and any place) goes at once.
-    pub async fn close(self) -> Result<(), FleetError> {
+    pub async fn close(&self) -> Result<(), FleetError> {
         self.lease.revoke().await
     }
 }
 
-/// Notifications of the group, from the revision of [`Fleet::watch_notify`] on.
+/// Changes of one key (`notify`) or one directory (`halted/`), from the revision of
+/// [`Fleet::watch_notify`] or [`Fleet::watch_halts`] on.
 #[derive(Debug)]
 pub struct NotifyWatch {
     client: Client,
     key: String,
-    /// The store revision up to which notifications were seen.
+    /// Whether `key` is a directory (every key under it counts).
+    prefix: bool,
+    /// The store revision up to which changes were seen.
     seen: i64,
 }
 
 impl NotifyWatch {
-    /// Wait for the next notification (by watch; none is missed between two calls).
+    /// Wait for the next change (by watch; none is missed between two calls). For the
+    /// `notify` key only puts count; for a directory, puts and deletes (a resume).
     pub async fn next(&mut self) -> Result<(), FleetError> {
+        let kind = if self.prefix {
+            Events::All
+        } else {
+            Events::Puts
+        };
         loop {
-            let (kv_now, revision) = kv::get(&self.client, &self.key).await?;
-            if let Some(kv_now) = kv_now
-                && kv_now.mod_revision > self.seen
-            {
+            let (newest, revision) = if self.prefix {
+                let (kvs, revision) = kv::list(&self.client, &self.key).await?;
+                (kvs.iter().map(|k| k.mod_revision).max(), revision)
+            } else {
+                let (kv_now, revision) = kv::get(&self.client, &self.key).await?;
+                (kv_now.map(|k| k.mod_revision), revision)
+            };
+            // A directory's deletion leaves no key to compare: any revision past `seen` in
+            // which the listing changed is a change; the watch below reports deletes.
+            if newest.is_some_and(|m| m > self.seen) {
                 self.seen = revision;
                 return Ok(());
             }
-            kv::wait_event(
-                &self.client,
-                &self.key,
-                false,
-                self.seen.max(revision),
-                Events::Puts,
-            )
-            .await?;
+            let woke_at = self.seen.max(revision);
+            kv::wait_event(&self.client, &self.key, self.prefix, woke_at, kind).await?;
+            if self.prefix {
+                // Something under the directory changed (a delete shows in no mod revision).
+                let (_, now) = kv::list(&self.client, &self.key).await?;
+                if now > woke_at {
+                    self.seen = now;
+                    return Ok(());
+                }
+            }
         }
     }
 }

@@ -207,6 +207,54 @@ pub async fn acquire(
     if !canary && rollout.settings.canary > 0 {
         wait_for_canaries(client, keys, lease, version, &rollout.canaries).await?;
     }
+    hold(client, keys, lease, host, version, rollout, canary).await
+}
+
+/// A place to go back from `version` (`on-halt = revert`): the same places as the rollout, so
+/// a revert never takes more than `max-parallel` hosts down at once, but no canary wait (the
+/// canaries of a halted version may never finish).
+pub async fn acquire_for_revert(
+    client: &Client,
+    keys: &Keys,
+    lease: &Lease,
+    host: &str,
+    version: &str,
+    wanted: &RolloutSettings,
+) -> Result<Place, FleetError> {
+    let key = keys.rollout(version);
+    let rollout = match kv::get(client, &key).await?.0 {
+        Some(kv_now) => kv::json::<Rollout>(&kv_now)?,
+        None => Rollout {
+            settings: wanted.clone(),
+            canaries: Vec::new(),
+        },
+    };
+    hold(client, keys, lease, host, version, rollout, false).await
+}
+
+/// Take back a place asked for but not (or no longer) wanted: the wait was cancelled or the
+/// version halted. Deleting a key that is not there is fine.
+pub async fn withdraw(
+    client: &Client,
+    keys: &Keys,
+    host: &str,
+    version: &str,
+) -> Result<(), FleetError> {
+    kv::delete(client, &keys.place(version, host))
+        .await
+        .map(|_| ())
+}
+
+/// Put this host's place key under its lease and wait until it is among the first `limit`.
+async fn hold(
+    client: &Client,
+    keys: &Keys,
+    lease: &Lease,
+    host: &str,
+    version: &str,
+    rollout: Rollout,
+    canary: bool,
+) -> Result<Place, FleetError> {
     lease.check()?;
     let key = keys.place(version, host);
     kv::put(client, &key, b"", lease.id()).await?;
@@ -256,6 +304,14 @@ async fn join_rollout(
         let (current, _) = kv::get(client, &key).await?;
         let (rollout, guard) = match current {
             None => {
+                let live = kv::count(client, &keys.hosts()).await?;
+                if wanted.canary as usize > live {
+                    return Err(FleetError::Config(format!(
+                        "canary = {} is larger than the group {:?}, which has {live} live host(s): lower canary, or start the other hosts first",
+                        wanted.canary,
+                        keys.fleet()
+                    )));
+                }
                 let rollout = Rollout {
                     settings: wanted.clone(),
                     canaries: Vec::new(),

@@ -333,6 +333,12 @@ async fn canaries_go_first() {
         let c1 = Fleet::connect(&options(&cluster, "web", "c1"))
             .await
             .expect("connect");
+        for (fleet, host) in [(&c0, "c0"), (&c1, "c1")] {
+            fleet
+                .publish_status(&status(host, "idle"))
+                .await
+                .expect("presence");
+        }
         let p0 = c0
             .acquire_place("v1", &rollout)
             .await
@@ -517,6 +523,30 @@ async fn user_and_password() {
         let text = err.to_string();
         assert!(
             text.contains("etcd-password") && !text.contains("nope"),
+            "{text}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_larger_than_the_group_is_a_configuration_error() {
+    let cluster = Cluster::start(1);
+    bounded(20, async {
+        let a = Fleet::connect(&options(&cluster, "web", "a"))
+            .await
+            .expect("connect");
+        a.publish_status(&status("a", "idle"))
+            .await
+            .expect("presence");
+        let err = a
+            .acquire_place("v1", &settings("1", 3))
+            .await
+            .expect_err("3 canaries in a group of 1");
+        assert!(matches!(err, FleetError::Config(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("canary = 3") && text.contains("1 live host"),
             "{text}"
         );
     })
