@@ -80,6 +80,10 @@ pub struct Member {
     /// The deploy directory, where the status is written for `status`.
     dir: PathBuf,
     connection: tokio::sync::Mutex<Option<Arc<Fleet>>>,
+    /// When the last attempt to connect failed, and why: further attempts within a second
+    /// fail at once with that error, so a check with etcd away is not slowed by one retry
+    /// budget per step (the watcher keeps trying in the background).
+    last_failure: Mutex<Option<(Instant, String)>>,
     status: Mutex<HostStatus>,
     /// Halted versions as the watcher last saw them; `None` while no watch runs.
     halts: Mutex<Option<HashMap<String, Halt>>>,
@@ -106,6 +110,7 @@ impl Member {
             settings: settings.clone(),
             dir: dir.to_path_buf(),
             connection: tokio::sync::Mutex::new(None),
+            last_failure: Mutex::new(None),
             status: Mutex::new(HostStatus {
                 host: settings.options.host.clone(),
                 version: None,
@@ -143,16 +148,32 @@ impl Member {
             );
         }
         *connection = None;
-        let fleet = match Fleet::connect(&self.settings.options).await {
-            Ok(f) => Arc::new(f),
+        if let Some((at, why)) = guard(&self.last_failure).as_ref()
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return Err(FleetError::Unreachable {
+                what: "join the fleet".into(),
+                endpoints: self.settings.options.client.endpoints.join(","),
+                secs: 0.0,
+                last: why.clone(),
+            });
+        }
+        let joined = async {
+            let fleet = Arc::new(Fleet::connect(&self.settings.options).await?);
+            let status = guard(&self.status).clone();
+            fleet.publish_status(&status).await?;
+            fleet.register().await?;
+            Ok::<_, FleetError>(fleet)
+        };
+        let fleet = match joined.await {
+            Ok(f) => f,
             Err(e) => {
                 self.emit(Event::FleetConnected(false));
+                *guard(&self.last_failure) = Some((Instant::now(), e.to_string()));
                 return Err(e);
             }
         };
-        let status = guard(&self.status).clone();
-        fleet.publish_status(&status).await?;
-        fleet.register().await?;
+        *guard(&self.last_failure) = None;
         tracing::info!(
             "joined fleet {} as {} (lease {} s)",
             self.settings.options.fleet,
