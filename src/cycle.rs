@@ -65,6 +65,10 @@ pub enum CycleError {
     /// Stopped by a signal before the switch; `current` is unchanged.
     #[error("interrupted before the switch; current is unchanged")]
     Interrupted,
+    /// A setting or credential is wrong (fleet mode: etcd refused the password, `canary`
+    /// larger than the group); `current` is unchanged.
+    #[error("{0:#}")]
+    Misconfigured(anyhow::Error),
     /// Fleet mode: the version is halted for the group; `current` is unchanged.
     #[error(
         "version {version} is halted for the fleet (by {host}: {reason}); current is unchanged. Fix it and run `repo-deploy fleet resume {version}`, or publish a new version"
@@ -90,6 +94,7 @@ impl CycleError {
                 Exit::Failed
             }
             CycleError::Blocked { .. } => Exit::Blocked,
+            CycleError::Misconfigured(_) => Exit::Usage,
             CycleError::RolledBack { .. } => Exit::RolledBack,
         }
     }
@@ -433,9 +438,10 @@ async fn refuse_if_halted(member: &Member, version: &str) -> Result<(), CycleErr
                 reason: halt.reason,
             })
         }
-        Err(e) => Err(CycleError::Failed(anyhow!(e).context(format!(
-            "cannot ask etcd whether {version} is halted: nothing deployed"
-        )))),
+        Err(e) => Err(fleet_failure(
+            e,
+            format!("cannot ask etcd whether {version} is halted: nothing deployed"),
+        )),
     }
 }
 
@@ -448,9 +454,20 @@ fn no_place(version: &str, no: NoPlace) -> CycleError {
             host: halt.host,
             reason: halt.reason,
         },
-        NoPlace::Fleet(e) => CycleError::Failed(anyhow!(e).context(format!(
-            "no place in the fleet for {version}: nothing deployed"
-        ))),
+        NoPlace::Fleet(e) => fleet_failure(
+            e,
+            format!("no place in the fleet for {version}: nothing deployed"),
+        ),
+    }
+}
+
+/// An etcd failure of a check: a wrong setting or credential is the operator's to fix
+/// (exit 2), anything else failed the check (exit 1).
+fn fleet_failure(e: crate::fleet::FleetError, context: String) -> CycleError {
+    if e.is_configuration() {
+        CycleError::Misconfigured(anyhow!(e).context(context))
+    } else {
+        CycleError::Failed(anyhow!(e).context(context))
     }
 }
 

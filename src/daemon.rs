@@ -115,6 +115,11 @@ pub async fn run(
             .fleet
             .as_ref()
             .map(|f| Member::new(f, &settings.directory, None));
+        if let Some(member) = &member
+            && let Err(exit) = join(member).await
+        {
+            return exit;
+        }
         let (result, _) = guarded_check(&settings, &source, member.as_ref(), &mut signals).await;
         let exit = report(&settings, &result);
         if let Some(member) = &member {
@@ -139,6 +144,12 @@ pub async fn run(
     );
     log_splay(&settings);
     let mut fleet = Membership::start(&settings, &telemetry);
+    if let Some(member) = fleet.member()
+        && let Err(exit) = join(member).await
+    {
+        fleet.stop().await;
+        return exit;
+    }
     let mut check_now = true;
     // `fleet notify`: a check at this time (now plus a random part of `splay`).
     let mut notified: Option<tokio::time::Instant> = None;
@@ -412,6 +423,22 @@ fn live_version(settings: &Settings) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// Fleet mode, at start: join the group. Wrong settings or credentials stop the agent (exit
+/// 2); an unreachable etcd does not (rule 5: nothing new is deployed until it is back).
+async fn join(member: &Member) -> Result<(), Exit> {
+    match member.fleet().await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_configuration() => {
+            tracing::error!("{e}");
+            Err(Exit::Usage)
+        }
+        Err(e) => {
+            tracing::error!("{e}; nothing new is deployed until etcd answers");
+            Ok(())
+        }
+    }
+}
+
 /// A random part of `splay` (fleet notify: the group must not hit the origin at once).
 fn random_part(splay: Duration) -> Duration {
     splay.mul_f64(rand::random::<f64>())
@@ -534,6 +561,7 @@ fn result_label(result: &Result<Outcome, CycleError>) -> &'static str {
         Ok(Outcome::Unchanged { .. }) => "unchanged",
         Ok(Outcome::Deployed { .. }) => "deployed",
         Err(CycleError::Failed(_)) => "failed",
+        Err(CycleError::Misconfigured(_)) => "misconfigured",
         Err(CycleError::Blocked { .. }) => "blocked",
         Err(CycleError::RolledBack { .. }) => "rolled_back",
         Err(CycleError::Interrupted) => "interrupted",

@@ -151,12 +151,7 @@ impl Member {
         if let Some((at, why)) = guard(&self.last_failure).as_ref()
             && at.elapsed() < Duration::from_secs(1)
         {
-            return Err(FleetError::Unreachable {
-                what: "join the fleet".into(),
-                endpoints: self.settings.options.client.endpoints.join(","),
-                secs: 0.0,
-                last: why.clone(),
-            });
+            return Err(FleetError::Recent(why.clone()));
         }
         let joined = async {
             let fleet = Arc::new(Fleet::connect(&self.settings.options).await?);

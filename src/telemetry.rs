@@ -493,7 +493,7 @@ impl Telemetry {
         let label = match result {
             Ok(Outcome::Unchanged { .. }) => "unchanged",
             Ok(Outcome::Deployed { .. }) => "deployed",
-            Err(CycleError::Failed(_)) => "failed",
+            Err(CycleError::Failed(_) | CycleError::Misconfigured(_)) => "failed",
             Err(CycleError::Blocked { .. }) => "blocked",
             Err(CycleError::RolledBack { .. }) => "rolled_back",
             Err(CycleError::Halted { .. }) => "halted",

@@ -306,6 +306,23 @@ impl Client {
     }
 }
 
+/// The `message: "…"` parts of a transport error's debug text, joined ("tcp connect error:
+/// Connection refused"), or the text itself when it has none. The crate keeps tonic's errors
+/// only as their `Debug` text, which is long and nested.
+fn brief(text: &str) -> String {
+    let parts: Vec<&str> = text
+        .split("message: \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|m| !m.is_empty())
+        .collect();
+    if parts.is_empty() {
+        text.to_owned()
+    } else {
+        parts.join(": ")
+    }
+}
+
 /// Unreachable (try elsewhere) or the request's own error.
 fn classify(endpoint: &str, what: &str, e: &etcdv3client::Error) -> Failure {
     use ErrKind::*;
@@ -345,7 +362,7 @@ fn classify(endpoint: &str, what: &str, e: &etcdv3client::Error) -> Failure {
         _ => false,
     };
     if unreachable {
-        Failure::Unreachable(message)
+        Failure::Unreachable(brief(&message))
     } else if matches!(
         e.kind(),
         AuthFailed | UserEmpty | PermissionDenied | InvalidAuthToken
@@ -399,4 +416,14 @@ fn tls_config(tls: &TlsOptions) -> Result<Option<ClientTlsConfig>, FleetError> {
         }
     }
     Ok(Some(config))
+}
+
+#[cfg(test)]
+mod brief_tests {
+    #[test]
+    fn transport_errors_are_shortened() {
+        let text = r#"[Grpc] Status { code: Unavailable, message: "tcp connect error", source: Some(tonic::transport::Error(Transport, ConnectError(ConnectError("tcp connect error", 127.0.0.1:1, Os { code: 111, kind: ConnectionRefused, message: "Connection refused" })))) }"#;
+        assert_eq!(super::brief(text), "tcp connect error: Connection refused");
+        assert_eq!(super::brief("no leader"), "no leader");
+    }
 }

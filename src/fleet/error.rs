@@ -27,6 +27,9 @@ pub enum FleetError {
         /// The last error seen.
         last: String,
     },
+    /// The last attempt to reach etcd failed a moment ago (not tried again yet).
+    #[error("{0} (a moment ago; tried again at the next step)")]
+    Recent(String),
     /// etcd refused the user name or password.
     #[error(
         "etcd at {endpoint} refused the credentials of user {user:?}: {message}; check etcd-user and etcd-password"
@@ -79,4 +82,11 @@ pub enum FleetError {
         /// This host.
         host: String,
     },
+}
+
+impl FleetError {
+    /// Whether the operator must fix the configuration (a setting, the credentials): exit 2.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, FleetError::Config(_) | FleetError::Auth { .. })
+    }
 }
