@@ -84,6 +84,31 @@ const MALFORMED: &[(&str, &[&str])] = &[
     ("trigger-min-interval", SECONDS),
     ("splay", &["-1", "86401", "x", "NaN"]),
     ("reuse", &["yes", "reflink", "copy,hardlink", "0"]),
+    (
+        "etcd",
+        &[
+            "127.0.0.1:2379",
+            "ftp://127.0.0.1:2379",
+            "http://user:pw@127.0.0.1:2379",
+            "http://127.0.0.1:2379/v3",
+            ", ,",
+        ],
+    ),
+    ("fleet", &["web servers", "web/eu", "wëb"]),
+    ("host", &["web/1"]),
+    ("etcd-prefix", &["repo-deploy", "x/"]),
+    ("etcd-ca", &[]),
+    // Alone, without its pair.
+    ("etcd-cert", &["/etc/repo-deploy/etcd.crt"]),
+    ("etcd-key", &["/etc/repo-deploy/etcd.key"]),
+    ("etcd-user", &["deployer"]),
+    ("etcd-password", &["only-the-password"]),
+    ("max-parallel", &["0", "0%", "101%", "x", "-1", "1.5"]),
+    ("canary", &["-1", "x", "1.5", "99999999999"]),
+    ("bake", &["-1", "86401", "x", "1.5"]),
+    ("health-hooks", &[]),
+    ("on-halt", &["revert-all", "yes", "0"]),
+    ("fleet-lease", &["0", "1", "3601", "x"]),
 ];
 
 const SECONDS: &[&str] = &[
@@ -98,11 +123,32 @@ const SECONDS: &[&str] = &[
     "0s",
 ];
 
-/// A valid remote for the runs that test another key.
+/// The keys that are only read in fleet mode, with `etcd` and `fleet` set.
+const FLEET_KEYS: &[&str] = &[
+    "host",
+    "etcd-prefix",
+    "etcd-ca",
+    "etcd-cert",
+    "etcd-key",
+    "etcd-user",
+    "etcd-password",
+    "max-parallel",
+    "canary",
+    "bake",
+    "health-hooks",
+    "on-halt",
+    "fleet-lease",
+];
+
+/// A valid remote (and fleet, for the fleet keys) for the runs that test another key.
 fn other_keys(key: &str) -> String {
     match key {
         "remote" => String::new(),
-        "aws-access-key" | "aws-secret-key" => "remote = /srv/app.zip\n".into(),
+        "etcd" => "remote = /srv/app.zip\nfleet = web\n".into(),
+        "fleet" => "remote = /srv/app.zip\netcd = http://127.0.0.1:2379\n".into(),
+        k if FLEET_KEYS.contains(&k) => {
+            "remote = /srv/app.zip\netcd = http://127.0.0.1:2379\nfleet = web\n".into()
+        }
         _ => "remote = /srv/app.zip\n".into(),
     }
 }
