@@ -57,6 +57,12 @@ impl Keys {
         format!("{}{}", self.hosts(), segment(host))
     }
 
+    /// `{root}places/`: every place of the group, whatever its version (the limit is the
+    /// group's).
+    pub fn all_places(&self) -> String {
+        format!("{}places/", self.root)
+    }
+
     /// `{root}places/{version}/`: every place asked for or held for `version`.
     pub fn places(&self, version: &str) -> String {
         format!("{}places/{}/", self.root, segment(version))

@@ -2,10 +2,12 @@
 //! pre-update hooks and the end of their bake, with canaries first.
 //!
 //! A host asks for a place for a version by putting `places/{version}/{host}` under its lease,
-//! then reads every place of that version ordered by **create revision** (etcd's order of the
-//! puts, never a wall clock): it holds a place while it is among the first `limit`. Otherwise it
-//! waits by watch for a deletion under that directory (a release, or a dead host's lease
-//! expiring) and reads again. A dead holder frees its place when its lease expires.
+//! then reads every place of the group, whatever their version, ordered by **create revision**
+//! (etcd's order of the puts, never a wall clock): it holds a place while it is among the first
+//! `limit`. The limit is the group's, not each version's: a host still baking the previous
+//! version keeps its place while a newer one starts. Otherwise it waits by watch for a
+//! deletion under `places/` (a release, or a dead host's lease expiring) and reads again. A
+//! dead holder frees its place when its lease expires.
 //!
 //! The rollout settings of a version are those of the first host that asks: `rollouts/{version}`
 //! is created once (a transaction "create if absent") and read by every later host. It also
@@ -258,7 +260,7 @@ async fn hold(
     lease.check()?;
     let key = keys.place(version, host);
     kv::put(client, &key, b"", lease.id()).await?;
-    let dir = keys.places(version);
+    let dir = keys.all_places();
     loop {
         lease.check()?;
         let (places, revision) = kv::list(client, &dir).await?;

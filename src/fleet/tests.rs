@@ -185,6 +185,42 @@ async fn an_expired_holder_frees_its_place() {
     .await;
 }
 
+/// The limit is the group's, not each version's: a host still baking the previous version
+/// keeps its place while a newer version is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn places_of_different_versions_share_the_limit() {
+    let cluster = Cluster::start(1);
+    bounded(30, async {
+        let old = Fleet::connect(&options(&cluster, "web", "baking-v1"))
+            .await
+            .expect("connect");
+        let held = old
+            .acquire_place("v1", &settings("1", 0))
+            .await
+            .expect("place");
+        let new = Arc::new(
+            Fleet::connect(&options(&cluster, "web", "wants-v2"))
+                .await
+                .expect("connect"),
+        );
+        let n = new.clone();
+        let mut waiting =
+            tokio::spawn(async move { n.acquire_place("v2", &settings("1", 0)).await });
+        assert!(
+            still_waiting(&mut waiting, Duration::from_millis(500)).await,
+            "a place for v2 while v1's only place is held"
+        );
+        held.release().await.expect("release");
+        let place = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the v2 host proceeds once v1's place is released")
+            .expect("task")
+            .expect("place");
+        assert_eq!(place.version(), "v2");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirm_fails_once_the_lease_is_lost() {
     let cluster = Cluster::start(1);

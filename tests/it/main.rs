@@ -17,6 +17,7 @@ mod crash;
 mod daemon;
 mod disk;
 mod faults;
+mod fleet;
 mod fuzz_unpack;
 mod git;
 mod hooks;

@@ -23,6 +23,10 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tempfile::TempDir;
+
+/// Real etcd members on loopback: the same harness as the library's fleet unit tests.
+#[path = "../../../src/fleet/testing.rs"]
+pub mod etcd;
 use zip::write::SimpleFileOptions;
 
 /// How long one `-f` run may take before it is killed and the test fails.
