@@ -249,13 +249,29 @@ def main():
         for _, step in events:
             cur += step
             most = max(most, cur)
+        # Where the time went: before the first place every agent downloads and unpacks at
+        # once (on one machine, 50 agents share its CPUs and disk; a real fleet does not), then
+        # the waves; the handover is the gap from a post-update end to the next pre-update start.
+        pres = sorted(float(l.split()[2]) for l in log.read_text().splitlines()
+                      if l.startswith("pre "))
+        posts = sorted(float(e[2]) for e in ends)
+        before_first = pres[0] - t0
+        waves_s = posts[-1] - pres[0]
+        gaps = [p - max(e for e in posts if e <= p) for p in pres[args.max_parallel:]
+                if any(e <= p for e in posts)]
+        handover = statistics.median(gaps) if gaps else 0.0
         print(f"rollout of {args.agents} agents, max-parallel {args.max_parallel}: "
               f"{wall:.2f}s; ideal {waves} waves x {alone:.3f}s = {ideal:.2f}s; "
               f"overhead {100 * (wall / ideal - 1):+.1f}%; most updating at once: {most}")
+        print(f"  notify to the first place (all agents download and unpack at once): "
+              f"{before_first:.2f}s; first pre-update to last post-update: {waves_s:.2f}s "
+              f"({waves_s / ideal:.2f}x the ideal); median handover {handover * 1000:.0f} ms")
         result = {"agents": args.agents, "max_parallel": args.max_parallel,
                   "hook_sleep": args.hook_sleep, "one_host_s": alone, "rollout_s": wall,
                   "ideal_s": ideal, "overhead_pct": 100 * (wall / ideal - 1),
                   "most_at_once": most, "idle_requests_per_agent_minute": per,
+                  "before_first_place_s": before_first, "waves_s": waves_s,
+                  "median_handover_s": handover,
                   "rss_fleet_kib": fleet_rss, "rss_solo_kib": solo_rss}
         out = Path(os.environ.get("BENCH_RESULTS", "/tmp/bench-results"))
         out.mkdir(parents=True, exist_ok=True)
