@@ -153,7 +153,9 @@ pub async fn run(
     let mut check_now = true;
     // `fleet notify`: a check at this time (now plus a random part of `splay`).
     let mut notified: Option<tokio::time::Instant> = None;
-    // Whether the last check met a halted version (a resume then wakes this host).
+    // Whether the last check met a halted version, or failed a hook and so halted it: a
+    // resume then wakes this host (the one that failed may be the version's canary, whom
+    // the others wait for).
     let mut last_halted = false;
     loop {
         if check_now {
@@ -168,7 +170,10 @@ pub async fn run(
                 .await;
             report(&settings, &result);
             telemetry.checked(&result, &settings);
-            last_halted = matches!(result, Err(CycleError::Halted { .. }));
+            last_halted = matches!(
+                result,
+                Err(CycleError::Halted { .. } | CycleError::RolledBack { .. })
+            );
             if deferred.stop {
                 break;
             }
