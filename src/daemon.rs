@@ -76,12 +76,36 @@ async fn take_lock(settings: &Settings) -> Result<DeployLock, Exit> {
     })
 }
 
+/// A daemon that mostly waits needs few malloc arenas. glibc's default (up to 8 per core)
+/// keeps what a burst of listener requests freed on many threads, and the RSS stays up after
+/// the burst; two arenas bring it back (issue 14's load test: +2.3 MiB after 30 s of 250
+/// clients with the default, +1.5 to +1.8 MiB with two).
+fn fewer_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator tunable; it takes no pointer.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Give the pages that the allocator keeps free back to the system, after each check: what a
+/// burst of listener requests or a large check freed then leaves the RSS at the next check
+/// instead of staying for the daemon's life. Costs well under a millisecond on its small heap.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Run the agent: once (`settings.once`) or as a daemon until SIGTERM/SIGINT. `reload`
 /// re-reads the configuration on SIGHUP.
 pub async fn run(
     mut settings: Settings,
     reload: impl Fn() -> Result<Settings, ConfigError>,
 ) -> Exit {
+    fewer_malloc_arenas();
     let mut signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => {
@@ -170,6 +194,7 @@ pub async fn run(
                 .await;
             report(&settings, &result);
             telemetry.checked(&result, &settings);
+            release_free_memory();
             last_halted = matches!(
                 result,
                 Err(CycleError::Halted { .. } | CycleError::RolledBack { .. })
@@ -461,6 +486,7 @@ impl Membership {
     fn start(settings: &Settings, telemetry: &Telemetry) -> Membership {
         let (tx, wakes) = tokio::sync::mpsc::channel(8);
         let Some(fleet) = &settings.fleet else {
+            telemetry.set_fleet(None);
             return Membership {
                 member: None,
                 watcher: None,
@@ -472,6 +498,7 @@ impl Membership {
             &settings.directory,
             Some(telemetry.sink()),
         ));
+        telemetry.set_fleet(Some(fleet_source(member.clone())));
         let watching = member.clone();
         let watcher = tokio::spawn(async move {
             watching
@@ -514,6 +541,33 @@ impl Membership {
             _ => false,
         }
     }
+}
+
+/// How the status page reads the group: the member's connection, each version's canaries
+/// from its rollout. Called only while someone has the page open.
+fn fleet_source(member: Arc<Member>) -> crate::page::FleetSource {
+    Arc::new(move || {
+        let member = member.clone();
+        Box::pin(async move {
+            let fleet = member.fleet().await.map_err(|e| e.to_string())?;
+            let status = fleet.status().await.map_err(|e| e.to_string())?;
+            let rolling_out = fleet.rolling_out().await.map_err(|e| e.to_string())?;
+            let mut canaries = std::collections::HashMap::new();
+            let live = status.hosts.iter().filter_map(|h| h.version.as_ref());
+            for version in live.chain(&rolling_out) {
+                if !canaries.contains_key(version) {
+                    let rollout = fleet.rollout(version).await.map_err(|e| e.to_string())?;
+                    canaries.insert(
+                        version.clone(),
+                        rollout.map(|r| r.canaries).unwrap_or_default(),
+                    );
+                }
+            }
+            Ok(crate::page::FleetView::new(status, &rolling_out, |v| {
+                canaries.get(v).cloned().unwrap_or_default()
+            }))
+        })
+    })
 }
 
 async fn with_signals<T>(

@@ -34,6 +34,7 @@ mod handover;
 mod hooks;
 mod incremental;
 mod lock;
+mod page;
 mod releases;
 mod rollout;
 mod schedule;

@@ -8,7 +8,10 @@
 //! and the hooks emit without knowing who listens: [`Telemetry::observe`] makes the
 //! daemon's telemetry their observer for the length of one check.
 //!
-//! The HTTP listener is opt-in (`listen = 127.0.0.1:9469`) and serves three routes:
+//! The HTTP listener is opt-in (`listen = 127.0.0.1:9469`) and serves these routes:
+//! - `GET /`, `GET /status.json`, `GET /fleet.json`: the status page and its JSON
+//!   ([`page`](crate::page) builds them; both JSON answers are cached for half a second, so
+//!   a room full of open pages costs two reads of the state and of etcd a second);
 //! - `GET /metrics`: the Prometheus text format (0.0.4), through `prometheus-client`;
 //! - `GET /healthz`: 200 while a check succeeded within `health-periods` schedule periods
 //!   (a period is the gap between the schedule's next two fire times; the splay is added),
@@ -19,8 +22,10 @@
 //!   (compared in constant time), 429 while rate-limited.
 //!
 //! The server is hyper's own HTTP/1 server (already in the tree through reqwest) rather than a
-//! framework: three fixed routes need no router, and every response is built in one function.
-//! Connections are capped, one request each, with a bounded lifetime.
+//! framework: a few fixed routes need no router, and every response is built in one function.
+//! Connections are capped, one request each, with a bounded lifetime; a client that has not
+//! sent its headers within 3 s is dropped, so slow clients cannot hold the slots that
+//! `/healthz` needs.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -53,11 +58,21 @@ use tokio::task::JoinHandle;
 use crate::config::Settings;
 use crate::cycle::{CycleError, Outcome};
 use crate::events::{Event, HookOutcome, HookPhase, Sink};
+use crate::page;
 use crate::schedule::Schedule;
 use crate::systemd;
 
-/// Connections served at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 32;
+/// Connections served at once; more wait in the kernel's backlog (1024) for the few
+/// milliseconds a request takes. Each costs its buffers (8 KiB and up), so the cap bounds the
+/// memory a crowd of clients can take.
+const MAX_CONNECTIONS: usize = 128;
+/// A client must send its request headers within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a JSON answer of the page is reused: an open page polls every second, so what
+/// it shows is at most 1.5 s old, and a room full of open pages costs two reads a second.
+const PAGE_CACHE: Duration = Duration::from_millis(500);
+/// How long `/fleet.json` waits for etcd before answering with the last good state.
+const FLEET_TIMEOUT: Duration = Duration::from_secs(3);
 /// A connection (one request) that takes longer is closed.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest error text kept for `/healthz` and systemd's STATUS.
@@ -417,6 +432,15 @@ struct Shared {
     /// the daemon is busy, so a trigger during a check runs one more check after it.
     trigger: Notify,
     last_trigger: Mutex<Option<Instant>>,
+    /// The recent checks, for the page's timeline.
+    history: Mutex<page::History>,
+    /// The settings in force (the page reads the deploy directory through them).
+    settings: Mutex<Arc<Settings>>,
+    /// Fleet mode: how to read the group's state; `None`: `/fleet.json` is 404.
+    fleet: Mutex<Option<page::FleetSource>>,
+    /// The last JSON answers of the page, each with the time it was made.
+    status_cache: tokio::sync::Mutex<Option<(Instant, Bytes)>>,
+    fleet_cache: tokio::sync::Mutex<Option<(Instant, Bytes)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -455,6 +479,11 @@ impl Telemetry {
             policy: Mutex::new(Policy::new(settings)),
             trigger: Notify::new(),
             last_trigger: Mutex::new(None),
+            history: Mutex::new(page::History::default()),
+            settings: Mutex::new(Arc::new(settings.clone())),
+            fleet: Mutex::new(None),
+            status_cache: tokio::sync::Mutex::new(None),
+            fleet_cache: tokio::sync::Mutex::new(None),
         });
         let server = match settings.telemetry.listen {
             Some(addr) => Some(listen(addr, &shared).await?),
@@ -472,6 +501,11 @@ impl Telemetry {
     /// The address the listener is bound to, if any.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         lock(&self.server).as_ref().map(|s| s.addr)
+    }
+
+    /// Fleet mode: how `/fleet.json` reads the group (`None` outside fleet mode).
+    pub fn set_fleet(&self, source: Option<page::FleetSource>) {
+        *lock(&self.shared.fleet) = source;
     }
 
     /// Where events from outside a check go (fleet mode's connection, in its own task).
@@ -503,6 +537,21 @@ impl Telemetry {
         m.checks.get_or_create(&ResultLabel { result: label }).inc();
         m.check_duration.observe(took.as_secs_f64());
         let now = unix_now();
+        lock(&self.shared.history).record(page::CheckRecord {
+            time: now,
+            result: label,
+            version: match result {
+                Ok(Outcome::Deployed { version, .. }) => Some(version.clone()),
+                Ok(Outcome::Unchanged { version }) => version.clone(),
+                Err(
+                    CycleError::Blocked { version, .. }
+                    | CycleError::RolledBack { version, .. }
+                    | CycleError::Halted { version, .. },
+                ) => Some(version.clone()),
+                Err(_) => None,
+            },
+            error: result.as_ref().err().map(|e| one_line(&e.to_string())),
+        });
         {
             let mut health = lock(&self.shared.health);
             match result {
@@ -563,6 +612,8 @@ impl Telemetry {
     /// cannot be bound, the old one stays.
     pub async fn reloaded(&self, settings: &Settings) {
         *lock(&self.shared.policy) = Policy::new(settings);
+        *lock(&self.shared.settings) = Arc::new(settings.clone());
+        *self.shared.status_cache.lock().await = None;
         let wanted = settings.telemetry.listen;
         let configured = lock(&self.server).as_ref().map(|s| s.configured);
         if wanted != configured {
@@ -643,17 +694,31 @@ fn verdict(shared: &Shared) -> Verdict {
 /// Bind `addr` and serve on a task of its own.
 async fn listen(addr: SocketAddr, shared: &Arc<Shared>) -> anyhow::Result<Server> {
     let configured = addr;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} (the `listen` key)"))?;
+    let listener =
+        bind(addr).with_context(|| format!("cannot listen on {addr} (the `listen` key)"))?;
     let addr = listener.local_addr().unwrap_or(addr);
-    tracing::info!("serving /metrics, /healthz and POST /trigger on http://{addr}");
+    tracing::info!(
+        "serving the status page (/), /metrics, /healthz and POST /trigger on http://{addr}"
+    );
     let task = tokio::spawn(serve(listener, Arc::clone(shared)));
     Ok(Server {
         configured,
         addr,
         task,
     })
+}
+
+/// Bind with a backlog of 1024 (the standard library's 128 overflows when a few hundred open
+/// pages poll at the same moment, and a dropped SYN costs its client a second).
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 async fn serve(listener: TcpListener, shared: Arc<Shared>) {
@@ -675,12 +740,12 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let _permit = permit;
             let service = service_fn(move |req: Request<Incoming>| {
-                let response = route(&shared, &req, peer);
-                async move { Ok::<_, Infallible>(response) }
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, Infallible>(route(&shared, &req, peer).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(HEADER_TIMEOUT)
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
             match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
@@ -719,9 +784,18 @@ fn with_header(
     r
 }
 
-fn route<B>(shared: &Shared, req: &Request<B>, peer: SocketAddr) -> Response<Body> {
+async fn route<B>(shared: &Shared, req: &Request<B>, peer: SocketAddr) -> Response<Body> {
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
     match req.uri().path() {
+        "/" | "/index.html" if get => page_html(),
+        // Browsers ask for it; an empty answer keeps a 404 out of their consoles.
+        "/favicon.ico" if get => {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        }
+        "/status.json" if get => status_json(shared).await,
+        "/fleet.json" if get => fleet_json(shared).await,
         "/metrics" if get => {
             let r = text(StatusCode::OK, shared.metrics.encode());
             with_header(
@@ -735,11 +809,13 @@ fn route<B>(shared: &Shared, req: &Request<B>, peer: SocketAddr) -> Response<Bod
             Verdict::Unhealthy(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
         },
         "/trigger" if req.method() == Method::POST => trigger(shared, req.headers(), peer),
-        "/metrics" | "/healthz" => with_header(
-            text(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
-            ALLOW,
-            "GET, HEAD",
-        ),
+        "/metrics" | "/healthz" | "/" | "/index.html" | "/status.json" | "/fleet.json" => {
+            with_header(
+                text(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+                ALLOW,
+                "GET, HEAD",
+            )
+        }
         "/trigger" => with_header(
             text(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
             ALLOW,
@@ -747,7 +823,111 @@ fn route<B>(shared: &Shared, req: &Request<B>, peer: SocketAddr) -> Response<Bod
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: the endpoints are GET /metrics, GET /healthz and POST /trigger",
+            "not found: the endpoints are GET / (the status page), GET /status.json, GET /fleet.json, GET /metrics, GET /healthz and POST /trigger",
+        ),
+    }
+}
+
+/// The headers of every page answer: nothing cached, nothing framed, nothing sniffed.
+fn page_headers(mut r: Response<Body>, content_type: &str) -> Response<Body> {
+    for (name, value) in [
+        ("content-type", content_type),
+        ("cache-control", "no-store"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("x-frame-options", "DENY"),
+    ] {
+        if let (Ok(n), Ok(v)) = (
+            hyper::header::HeaderName::try_from(name),
+            hyper::header::HeaderValue::try_from(value),
+        ) {
+            r.headers_mut().insert(n, v);
+        }
+    }
+    r
+}
+
+/// `GET /`: the page, with a policy that allows its own inline style and script only.
+fn page_html() -> Response<Body> {
+    let r = page_headers(
+        Response::new(Full::new(Bytes::from_static(page::HTML.as_bytes()))),
+        "text/html; charset=utf-8",
+    );
+    with_header(
+        r,
+        hyper::header::CONTENT_SECURITY_POLICY,
+        page::content_security_policy(),
+    )
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    page_headers(r, "application/json")
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": crate::logging::mask(message) }).to_string();
+    json_response(status, Bytes::from(body))
+}
+
+/// `GET /status.json`: `status --json` and the history, made at most once a second.
+async fn status_json(shared: &Shared) -> Response<Body> {
+    let mut cache = shared.status_cache.lock().await;
+    if let Some((at, body)) = cache.as_ref()
+        && at.elapsed() < PAGE_CACHE
+    {
+        return json_response(StatusCode::OK, body.clone());
+    }
+    let settings = Arc::clone(&lock(&shared.settings));
+    let history = lock(&shared.history).checks().cloned().collect::<Vec<_>>();
+    let made = tokio::task::spawn_blocking(move || {
+        let mut h = page::History::default();
+        for c in history {
+            h.record(c);
+        }
+        page::status_json(&settings, &h, unix_now())
+    })
+    .await;
+    match made {
+        Ok(Ok(value)) => {
+            let body = Bytes::from(crate::logging::mask(&value.to_string()));
+            *cache = Some((Instant::now(), body.clone()));
+            json_response(StatusCode::OK, body)
+        }
+        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// `GET /fleet.json`: the group from etcd, at most once a second; 404 outside fleet mode,
+/// 503 (with the last good state's time) when etcd does not answer in time.
+async fn fleet_json(shared: &Shared) -> Response<Body> {
+    let Some(source) = lock(&shared.fleet).clone() else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "not in fleet mode: set `etcd` and `fleet` to roll out with a group",
+        );
+    };
+    let mut cache = shared.fleet_cache.lock().await;
+    if let Some((at, body)) = cache.as_ref()
+        && at.elapsed() < PAGE_CACHE
+    {
+        return json_response(StatusCode::OK, body.clone());
+    }
+    match tokio::time::timeout(FLEET_TIMEOUT, source()).await {
+        Ok(Ok(view)) => match serde_json::to_string(&view) {
+            Ok(text) => {
+                let body = Bytes::from(crate::logging::mask(&text));
+                *cache = Some((Instant::now(), body.clone()));
+                json_response(StatusCode::OK, body)
+            }
+            Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        },
+        Ok(Err(e)) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e),
+        Err(_) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("etcd did not answer within {}s", FLEET_TIMEOUT.as_secs()),
         ),
     }
 }

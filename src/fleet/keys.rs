@@ -114,6 +114,16 @@ impl Keys {
     }
 }
 
+/// The version of a place key `{dir}{version}/{host}` (`dir` is [`Keys::all_places`]).
+pub fn version_of_place(dir: &str, key: &[u8]) -> Option<String> {
+    let rest = std::str::from_utf8(key.strip_prefix(dir.as_bytes())?).ok()?;
+    let (version, host) = rest.split_once('/')?;
+    if host.is_empty() || host.contains('/') {
+        return None;
+    }
+    decode_segment(version)
+}
+
 /// The last segment of `key` under `dir` (a directory key ending with `/`), decoded: the host
 /// of `places/{v}/{host}`, the version of `halted/{version}`. `None` when `key` is not directly
 /// under `dir` or does not decode.
@@ -232,6 +242,18 @@ mod tests {
         }
         let err = Keys::new("p", "web").unwrap_err().to_string();
         assert!(err.contains("must start with '/'"), "{err}");
+    }
+
+    #[test]
+    fn the_version_of_a_place_key() {
+        let k = Keys::new("/p", "f").unwrap();
+        let key = k.place("refs/tags/v1", "h1");
+        assert_eq!(
+            version_of_place(&k.all_places(), key.as_bytes()).as_deref(),
+            Some("refs/tags/v1")
+        );
+        assert_eq!(version_of_place(&k.all_places(), b"/p/f/places/v1"), None);
+        assert_eq!(version_of_place(&k.all_places(), b"/p/f/hosts/v1/h"), None);
     }
 
     #[test]

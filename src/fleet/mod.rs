@@ -292,6 +292,22 @@ impl Fleet {
         })
     }
 
+    /// The versions hosts hold or ask places for now (rolling out), each once.
+    pub async fn rolling_out(&self) -> Result<Vec<String>, FleetError> {
+        let dir = self.keys.all_places();
+        let (kvs, _) = kv::list(&self.client, &dir).await?;
+        let mut versions: Vec<String> = Vec::new();
+        for v in kvs
+            .iter()
+            .filter_map(|k| keys::version_of_place(&dir, &k.key))
+        {
+            if !versions.contains(&v) {
+                versions.push(v);
+            }
+        }
+        Ok(versions)
+    }
+
     /// The settings and canaries of the rollout of `version`, if a host asked for it.
     pub async fn rollout(&self, version: &str) -> Result<Option<Rollout>, FleetError> {
         let (kv_now, _) = kv::get(&self.client, &self.keys.rollout(version)).await?;

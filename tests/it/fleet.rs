@@ -143,10 +143,12 @@ impl Group {
 
     /// Publish a version: `version.txt` holds its name; `markers` are empty files the hooks
     /// look for (`fail-post`, `fail-third-health`).
-    fn publish(&self, version: &str, markers: &[&str]) {
+    fn publish(&self, version: &str, markers: &[&str]) -> String {
         let mut entries = vec![file("version.txt", version, 0o644)];
         entries.extend(markers.iter().map(|m| file(m, "", 0o644)));
-        write_atomic(&self.remote, &zip_bytes(&entries));
+        let bytes = zip_bytes(&entries);
+        write_atomic(&self.remote, &bytes);
+        sha256_hex(&bytes)
     }
 
     fn cmd(&self, i: usize) -> Cmd<'_> {
@@ -892,4 +894,141 @@ fn bad_fleet_settings_wrong_passwords_and_unreachable_etcd() {
     assert!(!described.all().contains(password), "{}", described.dump());
     assert!(!d.stderr().contains(password));
     assert!(files_containing(&env.deploy, password.as_bytes()).is_empty());
+}
+
+/// Issue 14, tests 2 and 3: the status page of one of three daemons (etcd with a password)
+/// shows the group; a rollout with `max-parallel = 1` moves the version's bar from 0 of 3 to
+/// 3 of 3 on the open page; a halt appears at the top, with host and reason, within 2 s. No
+/// secret, no console error, nothing from elsewhere.
+#[test]
+fn the_status_page_follows_a_rollout_and_a_halt() {
+    let _serial = serial();
+    let mut g = Group::new(1, 3, "");
+    let password = "etcd-Pw-71c3";
+    g.etcd.members[0].enable_auth("root", password);
+    let extra = format!("max-parallel = 1\nbake = 3\netcd-user = root\netcd-password = {password}");
+    g.configure(&extra);
+    let h00 = format!("{}listen = 127.0.0.1:0\n", g.config_text("h00", &extra));
+    write_atomic(&g.hosts[0].cfg, h00.as_bytes());
+    g.start_all();
+    g.wait_all_live("v1");
+    let log = g.hosts[0].daemon.as_ref().expect("daemon").stderr();
+    let port: u16 = log
+        .split("on http://127.0.0.1:")
+        .nth(1)
+        .and_then(|r| {
+            r.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no listener in the log\n{log}"));
+    let origin = format!("http://127.0.0.1:{port}");
+    let browser = crate::common::browser::Browser::start();
+    let mut page = browser.open(&format!("{origin}/"));
+    page.wait_for(
+        "three hosts",
+        "document.querySelectorAll('#hosts tr').length === 3",
+    );
+
+    // The rollout, watched on the open page.
+    page.eval("window.__notReloaded = true");
+    let v2 = g.publish("v2", &[]);
+    g.fleet(&["notify"]).expect_code(0);
+    let count = format!(
+        "(document.querySelector('[data-version=\"{v2}\"] .count') || {{}}).textContent || ''"
+    );
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = Instant::now() + ROLLOUT;
+    while seen.last().map(String::as_str) != Some("3 of 3") {
+        assert!(
+            Instant::now() < deadline,
+            "the bar did not reach 3 of 3: {seen:?}"
+        );
+        let now = page.eval(&count).as_str().unwrap_or_default().to_owned();
+        if !now.is_empty() && seen.last() != Some(&now) {
+            if let Some(dir) = std::env::var_os("REPO_DEPLOY_SCREENSHOTS")
+                && now == "1 of 3"
+            {
+                page.screenshot(&PathBuf::from(dir).join("page-fleet.png"));
+            }
+            seen.push(now);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("the open page showed {seen:?}");
+    assert!(
+        seen.len() >= 3,
+        "the bar moved through {seen:?}: fewer than three states"
+    );
+    let numbers: Vec<u32> = seen
+        .iter()
+        .filter_map(|s| s.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    assert_eq!(
+        page.eval("window.__notReloaded === true"),
+        true,
+        "the page reloaded"
+    );
+
+    // A halt: at the top within 2 s of etcd having it.
+    g.publish("bad", &["fail-post"]);
+    g.fleet(&["notify"]).expect_code(0);
+    let mut halted_at = None;
+    let ok = eventually(ROLLOUT, || {
+        let (_, json) = g.status_json();
+        let halted = json["halted"].as_array().is_some_and(|a| !a.is_empty());
+        if halted {
+            halted_at = Some(Instant::now());
+        }
+        halted
+    });
+    assert!(ok, "no halt\n{}", g.logs());
+    let top = page.wait_for(
+        "the halt at the top",
+        "(document.querySelector('#alerts > :first-child[data-halted]') || {}).textContent",
+    );
+    let shown = halted_at.expect("halt time").elapsed();
+    let (_, json) = g.status_json();
+    let halt = &json["halted"][0];
+    let top = top.as_str().unwrap_or_default();
+    eprintln!("the halt was on the page {shown:?} after `fleet status` saw it");
+    assert!(
+        shown <= Duration::from_secs(2),
+        "the halt took {shown:?} to show"
+    );
+    assert!(
+        top.contains(halt["host"].as_str().unwrap_or("?")) && top.contains("post-update hook"),
+        "the halt names host and reason: {top}"
+    );
+    if let Some(dir) = std::env::var_os("REPO_DEPLOY_SCREENSHOTS") {
+        page.screenshot(&PathBuf::from(dir).join("page-fleet-halted.png"));
+    }
+
+    // Nothing secret, nothing broken, nothing from elsewhere.
+    let html = page.eval("document.documentElement.outerHTML");
+    assert!(!html.as_str().unwrap_or_default().contains(password));
+    for path in ["/status.json", "/fleet.json"] {
+        let reply = request(port, "GET", path, &[]);
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+        assert!(
+            !reply.body.contains(password),
+            "{path} holds the etcd password"
+        );
+    }
+    page.settle();
+    assert!(
+        page.errors.is_empty(),
+        "errors in the browser: {:?}",
+        page.errors
+    );
+    assert!(
+        page.requests
+            .iter()
+            .all(|u| u.starts_with(&format!("{origin}/"))),
+        "{:?}",
+        page.requests
+    );
 }

@@ -29,6 +29,7 @@ mod interop;
 mod local;
 mod lock;
 mod packaging;
+mod page;
 mod progress;
 mod recovery;
 mod releases;

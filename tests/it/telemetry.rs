@@ -4,8 +4,6 @@
 //! port, which the daemon logs): no port can be taken by a parallel test between choosing and
 //! binding it. Waits poll with a deadline.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,61 +67,11 @@ fn port(d: &Daemon) -> u16 {
     })
 }
 
-/// One HTTP exchange.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().skip(1).find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
-    }
-}
-
-/// Send one HTTP/1.1 request to the daemon and read the whole reply.
-fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the listener");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n"
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("send the request");
-    let mut bytes = Vec::new();
-    s.read_to_end(&mut bytes).expect("read the reply");
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("not an HTTP reply: {text:?}"));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    Reply {
-        status,
-        head: head.to_string(),
-        body: body.to_string(),
-    }
-}
-
-fn get(port: u16, path: &str) -> Reply {
+fn get(port: u16, path: &str) -> HttpReply {
     request(port, "GET", path, &[])
 }
 
-fn trigger(port: u16, auth: Option<&str>) -> Reply {
+fn trigger(port: u16, auth: Option<&str>) -> HttpReply {
     match auth {
         Some(a) => request(port, "POST", "/trigger", &[("Authorization", a)]),
         None => request(port, "POST", "/trigger", &[]),

@@ -814,12 +814,15 @@ fn short(n: &Node) -> String {
 }
 
 mod archives;
+pub mod browser;
 mod hostile;
+mod http;
 pub mod origin;
 mod servers;
 mod tmpfs;
 
 pub use archives::*;
 pub use hostile::*;
+pub use http::*;
 pub use servers::*;
 pub use tmpfs::*;
