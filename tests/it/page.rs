@@ -100,9 +100,6 @@ fn the_host_view_shows_deploys_and_rollbacks_and_updates_itself() {
         titles.as_str().is_some_and(|t| t.contains(&bad)),
         "the rollback's mark names its version: {titles}"
     );
-    if let Some(dir) = screenshot_dir() {
-        page.screenshot(&dir.join("page-host.png"));
-    }
 
     // A new version goes live; the open page shows it without a reload.
     page.eval("window.__notReloaded = true");
@@ -123,6 +120,9 @@ fn the_host_view_shows_deploys_and_rollbacks_and_updates_itself() {
         page.eval("document.querySelectorAll('#timeline [data-result=deployed]').length"),
         2
     );
+    if let Some(dir) = screenshot_dir() {
+        page.screenshot(&dir.join("page-host.png"));
+    }
 
     page.settle();
     assert!(
