@@ -119,6 +119,22 @@ pub enum Command {
         #[arg(long, value_name = "VERSION")]
         to: Option<String>,
     },
+    /// Publish a release: zip SOURCE (a directory, reproducibly) or take it (a ZIP), sign it,
+    /// and put the signature then the ZIP at TARGET (s3://BUCKET/KEY with this configuration's
+    /// S3 settings, or a local path, written atomically).
+    Publish {
+        /// A directory to zip, or a ready ZIP.
+        source: PathBuf,
+        /// s3://BUCKET/KEY or a local path.
+        target: String,
+        /// Sign with this minisign secret key (`minisign -G`); its password from
+        /// REPO_DEPLOY_SIGN_PASSWORD or the terminal.
+        #[arg(long, value_name = "SECRET_KEY")]
+        sign: Option<PathBuf>,
+        /// Then make every daemon of the fleet check now (fleet mode).
+        #[arg(long)]
+        notify: bool,
+    },
     /// Fleet rollouts (needs `etcd` and `fleet`): the group's status, halts and wake-ups.
     Fleet {
         /// What to do.

@@ -20,6 +20,7 @@ pub mod exit;
 pub mod fleet_commands;
 pub mod logging;
 pub mod progress;
+pub mod publish;
 pub mod remote;
 pub mod source;
 pub mod unpack;

@@ -9,10 +9,16 @@ use clap::Parser;
 use repo_deploy::cli::{Cli, Command};
 use repo_deploy::config::Settings;
 use repo_deploy::exit::Exit;
-use repo_deploy::{cmdline, commands, daemon, fleet_commands, logging, progress};
+use repo_deploy::{cmdline, commands, daemon, fleet_commands, logging, progress, publish};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // `publish` needs no remote of its own: on a build machine the target stands in for it.
+    if let Some(Command::Publish { target, .. }) = &cli.command
+        && cli.remote.is_none()
+    {
+        cli.remote = Some(target.clone());
+    }
     logging::init_with_format(
         cli.verbose,
         cli.log_format == repo_deploy::cli::LogFormat::Json,
@@ -57,6 +63,14 @@ fn main() -> ExitCode {
                     let to = to.clone();
                     block_on(async move { commands::rollback(&settings, to.as_deref()).await })
                 }
+                Some(Command::Publish {
+                    source,
+                    target,
+                    sign,
+                    notify,
+                }) => block_on(async {
+                    publish::run(&settings, source, target, sign.as_deref(), *notify).await
+                }),
                 Some(Command::Fleet { action }) => {
                     block_on(async { fleet_commands::run(&settings, action).await })
                 }

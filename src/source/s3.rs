@@ -297,6 +297,33 @@ impl S3Source {
         Ok(bytes.to_vec())
     }
 
+    /// Upload `body` as `key` in this bucket (`repo-deploy publish`: the signature).
+    pub async fn put(&self, key: &str, body: aws_sdk_s3::primitives::ByteStream) -> Result<()> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "upload of s3://{}/{key} failed: {}",
+                    self.bucket,
+                    self.explain(&e)
+                )
+            })?;
+        Ok(())
+    }
+
+    /// Upload the file at `path` as `key`, streamed from disk (`repo-deploy publish`: the ZIP).
+    pub async fn put_file(&self, key: &str, path: &Path) -> Result<()> {
+        let body = aws_sdk_s3::primitives::ByteStream::from_path(path)
+            .await
+            .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+        self.put(key, body).await
+    }
+
     /// One line that says what went wrong and what to do, naming the bucket, the key and the
     /// credential source, never a secret.
     fn explain<E: ProvideErrorMetadata + std::error::Error + 'static>(

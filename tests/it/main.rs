@@ -31,6 +31,7 @@ mod lock;
 mod packaging;
 mod page;
 mod progress;
+mod publish;
 mod recovery;
 mod releases;
 mod s3;

@@ -1576,3 +1576,76 @@ fn parse_cli(w: &World, remote: &str) -> Cli {
     Cli::try_parse_from(["repo-deploy", "-c", &cfg, "-d", &deploy, "-r", remote])
         .expect("parse the command line")
 }
+
+/// `repo-deploy publish` to S3 (issue 13) with this configuration's S3 settings: the signature
+/// is put before the ZIP (moto's request log shows the order), `minisign -V` accepts the pair,
+/// and the agent deploys the tree from the bucket.
+#[test]
+fn publish_puts_the_signature_then_the_zip_and_the_agent_deploys_it() {
+    let m = moto();
+    let w = World::new();
+    let bucket = m.bucket("publish");
+    w.config_keys(&m.keys.access, &m.keys.secret);
+    let site = w.root.join("site");
+    fs::create_dir_all(site.join("css")).expect("dirs");
+    fs::write(site.join("index.html"), "<h1>from publish</h1>\n").expect("file");
+    fs::write(site.join("css/site.css"), "body{}\n").expect("file");
+    let password = "s3-publish-pw-88";
+    let (public, secret) = crate::common::minisign::keypair(&w.root, password);
+    let target = format!("s3://{bucket}/releases/app.zip");
+    w.run(
+        &[
+            "publish",
+            site.to_str().expect("utf8"),
+            &target,
+            "--sign",
+            secret.to_str().expect("utf8"),
+        ],
+        &[("REPO_DEPLOY_SIGN_PASSWORD", password)],
+        false,
+    )
+    .expect_code(0);
+    // moto logs a request after answering it: wait for both lines.
+    let put = |log: &str, key: &str| {
+        let needle = format!("\"PUT /{bucket}/{key}");
+        log.lines().position(|l| {
+            l.split_once(&needle)
+                .is_some_and(|(_, rest)| rest.starts_with(' ') || rest.starts_with('?'))
+        })
+    };
+    let mut log = String::new();
+    eventually(Duration::from_secs(10), || {
+        log = read_all(&m.log);
+        put(&log, "releases/app.zip").is_some() && put(&log, "releases/app.zip.minisig").is_some()
+    });
+    let (sig, zip) = (
+        put(&log, "releases/app.zip.minisig"),
+        put(&log, "releases/app.zip"),
+    );
+    assert!(
+        sig.is_some() && zip.is_some() && sig < zip,
+        "the signature is uploaded first: signature at line {sig:?}, ZIP at line {zip:?}"
+    );
+
+    w.fetch(&target, &[]).expect_code(0);
+    let expected: BTreeMap<String, Vec<u8>> = [
+        ("css/site.css".to_owned(), b"body{}\n".to_vec()),
+        ("index.html".to_owned(), b"<h1>from publish</h1>\n".to_vec()),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(files_of(&w.live()), expected);
+
+    // What was uploaded verifies with the reference implementation.
+    let zip_copy = w.root.join("app.zip");
+    let get = |key: &str, to: &Path| {
+        let answer = m.call(&json!({"op": "get", "bucket": bucket, "key": key}));
+        let bytes =
+            hex::decode(answer["hex"].as_str().unwrap_or_else(|| panic!("{answer}"))).expect("hex");
+        fs::write(to, bytes).expect("write");
+    };
+    get("releases/app.zip", &zip_copy);
+    get("releases/app.zip.minisig", &w.root.join("app.zip.minisig"));
+    let (ok, said) = crate::common::minisign::verify(&public, &zip_copy);
+    assert!(ok && said.contains("file:app.zip"), "{said}");
+}

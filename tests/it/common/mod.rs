@@ -817,6 +817,7 @@ mod archives;
 pub mod browser;
 mod hostile;
 mod http;
+pub mod minisign;
 pub mod origin;
 mod servers;
 mod tmpfs;

@@ -15,6 +15,7 @@ Commands ({"op": ...}):
   user    name                  -> {"access_key", "secret_key"} of a new user with no policy
   bucket  name                  -> {} (creates the bucket)
   put     bucket key hex        -> {"etag"} (uploads the bytes given in hex; the ETag, quoted)
+  get     bucket key            -> {"hex"} (the object's bytes, in hex)
   role    name                  -> {"access_key", "secret_key", "token"}: temporary credentials
                                    of a new role allowed s3:GetObject (STS AssumeRole), as an
                                    EC2 instance role hands them out through IMDS
@@ -91,6 +92,9 @@ def handle(cmd):
         body = bytes.fromhex(cmd["hex"])
         resp = s3.put_object(Bucket=cmd["bucket"], Key=cmd["key"], Body=body)
         return {"etag": resp["ETag"]}
+    if op == "get":
+        resp = s3.get_object(Bucket=cmd["bucket"], Key=cmd["key"])
+        return {"hex": resp["Body"].read().hex()}
     if op == "role":
         iam = client("iam", *admin)
         # On EC2 the principal is the service ec2.amazonaws.com; moto checks the trust policy
