@@ -372,8 +372,18 @@ fn twenty_hosts_roll_out_a_few_at_a_time_and_notify_wakes_them_all() {
             d.stderr()
         );
     }
-    g.publish("v3", &[]);
-    g.fleet(&["notify"]).expect_code(0);
+    // This time through `publish --notify` (a ready ZIP onto the remote, then the wake-up).
+    let v3_zip = g.env.root.join("v3.zip");
+    write_atomic(&v3_zip, &zip_bytes(&[file("version.txt", "v3", 0o644)]));
+    let published = g
+        .cmd(0)
+        .arg("publish")
+        .arg(&v3_zip)
+        .arg(&g.remote)
+        .arg("--notify")
+        .run();
+    published.expect_code(0);
+    assert!(published.stdout.contains("notified fleet web"), "{}", published.dump());
     g.wait_all_live("v3");
     let v3: Vec<_> = intervals(&g.events())
         .into_iter()
