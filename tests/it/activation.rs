@@ -204,24 +204,6 @@ fn scrape(port: u16) -> String {
     text
 }
 
-/// The port the daemon logged it listens on.
-fn listener_port(d: &Daemon) -> u16 {
-    let mut port = None;
-    let found = eventually(WAIT, || {
-        port = d
-            .stderr()
-            .split("on http://127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| {
-                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                digits.parse().ok()
-            });
-        port.is_some()
-    });
-    assert!(found, "no listener address logged:\n{}", d.stderr());
-    port.expect("port")
-}
-
 /// Whether a scrape has `series` with the value 1.
 fn has_series(scrape: &str, series: &str) -> bool {
     scrape.lines().any(|l| l.trim() == format!("{series} 1"))

@@ -383,7 +383,11 @@ fn twenty_hosts_roll_out_a_few_at_a_time_and_notify_wakes_them_all() {
         .arg("--notify")
         .run();
     published.expect_code(0);
-    assert!(published.stdout.contains("notified fleet web"), "{}", published.dump());
+    assert!(
+        published.stdout.contains("notified fleet web"),
+        "{}",
+        published.dump()
+    );
     g.wait_all_live("v3");
     let v3: Vec<_> = intervals(&g.events())
         .into_iter()
@@ -922,18 +926,7 @@ fn the_status_page_follows_a_rollout_and_a_halt() {
     write_atomic(&g.hosts[0].cfg, h00.as_bytes());
     g.start_all();
     g.wait_all_live("v1");
-    let log = g.hosts[0].daemon.as_ref().expect("daemon").stderr();
-    let port: u16 = log
-        .split("on http://127.0.0.1:")
-        .nth(1)
-        .and_then(|r| {
-            r.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no listener in the log\n{log}"));
+    let port = listener_port(g.hosts[0].daemon.as_ref().expect("daemon"));
     let origin = format!("http://127.0.0.1:{port}");
     let browser = crate::common::browser::Browser::start();
     let mut page = browser.open(&format!("{origin}/"));

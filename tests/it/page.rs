@@ -30,24 +30,6 @@ fn publish(env: &Env, version: &str, markers: &[&str]) -> String {
     sha256_hex(&bytes)
 }
 
-/// The port the daemon logged it listens on.
-fn listen_port(d: &Daemon) -> u16 {
-    let mut port = None;
-    let ok = eventually(WAIT, || {
-        port = d
-            .stderr()
-            .split("on http://127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| {
-                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                digits.parse().ok()
-            });
-        port.is_some()
-    });
-    assert!(ok, "no listener address in the log\n{}", d.stderr());
-    port.expect("port")
-}
-
 fn screenshot_dir() -> Option<PathBuf> {
     std::env::var_os("REPO_DEPLOY_SCREENSHOTS").map(PathBuf::from)
 }
@@ -68,7 +50,7 @@ fn the_host_view_shows_deploys_and_rollbacks_and_updates_itself() {
         env.root.join("app.zip").display()
     ));
     let mut d = env.cmd().spawn();
-    let port = listen_port(&d);
+    let port = listener_port(&d);
     d.wait_for("v1 live", || env.live().is_some());
     let bad = publish(&env, "v2", &["fail"]);
     d.signal_until(libc::SIGUSR1, "v2 rolled back", || {
@@ -161,7 +143,7 @@ fn the_page_and_its_json_hold_no_secret_and_forbid_anything_external() {
         "remote = http://deployer:{password}@127.0.0.1:1/app.zip\nlisten = 127.0.0.1:0\nschedule = {YEARLY}\ntrigger-token = {token}\n"
     ));
     let d = env.cmd().spawn();
-    let port = listen_port(&d);
+    let port = listener_port(&d);
     assert!(
         eventually(WAIT, || d_log_has(&env, "failed")),
         "no failed check\n{}",
@@ -221,7 +203,7 @@ fn the_page_under_load_costs_the_agent_nothing_that_matters() {
         env.root.join("app.zip").display()
     ));
     let mut d = env.cmd().spawn();
-    let port = listen_port(&d);
+    let port = listener_port(&d);
     d.wait_for("v1 live", || env.live().is_some());
     // Idle: a few scheduled checks, a few polls, then the figure.
     for _ in 0..3 {

@@ -6,6 +6,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use super::{Daemon, WAIT, eventually};
+
 /// One HTTP exchange.
 #[derive(Debug)]
 pub struct HttpReply {
@@ -54,4 +56,22 @@ pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) ->
         head: head.to_string(),
         body: body.to_string(),
     }
+}
+
+/// The port the daemon logged it listens on.
+pub fn listener_port(d: &Daemon) -> u16 {
+    let mut port = None;
+    let found = eventually(WAIT, || {
+        port = d
+            .stderr()
+            .split("on http://127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            });
+        port.is_some()
+    });
+    assert!(found, "no listener address logged:\n{}", d.stderr());
+    port.expect("port")
 }
