@@ -36,6 +36,9 @@ pub struct ReleaseView {
     pub created: String,
     /// Whether `current` shows this release.
     pub live: bool,
+    /// Signed releases: who signed it (minisign key id or git principal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
 }
 
 /// What `status` shows.
@@ -49,6 +52,8 @@ pub struct StatusView {
     pub last_check: Option<LastCheck>,
     /// The pin a rollback left; `None`: no version is pinned.
     pub pinned: Option<Pin>,
+    /// Signed releases: the version refused as untrusted that the remote still offers.
+    pub refused: Option<crate::state::Refused>,
     /// The releases on disk, newest first.
     pub releases: Vec<ReleaseView>,
     /// Fleet mode: this host's phase as the agent last published it; `None` outside fleet mode.
@@ -100,6 +105,7 @@ pub fn releases(settings: &Settings) -> Result<Vec<ReleaseView>> {
                 live: is_live,
                 version: info.map(|i| i.version.clone()).unwrap_or_default(),
                 created: info.map(|i| i.created.clone()).unwrap_or_default(),
+                signer: info.and_then(|i| i.signer.clone()),
                 name,
                 path,
             }
@@ -116,6 +122,9 @@ pub fn status(settings: &Settings) -> Result<StatusView> {
         live: releases.iter().find(|r| r.live).cloned(),
         last_check: LastCheck::load(&settings.directory),
         pinned: state.pin,
+        refused: state
+            .refused
+            .filter(|r| r.remote == settings.remote_display),
         releases,
         fleet: settings.fleet.as_ref().map(|f| FleetPhaseView {
             fleet: f.options.fleet.clone(),
@@ -159,6 +168,18 @@ pub fn render_status(view: &StatusView) -> String {
             )
         }),
     );
+    if let Some(signer) = view.live.as_ref().and_then(|r| r.signer.as_ref()) {
+        line("signed by:", signer.clone());
+    }
+    if let Some(r) = &view.refused {
+        line(
+            "refused:",
+            format!(
+                "version {} since {} ({}): {}",
+                r.zip.version, r.time, r.reason, r.message
+            ),
+        );
+    }
     line("releases:", format!("{} on disk", view.releases.len()));
     if let Some(f) = &view.fleet {
         line(
@@ -371,6 +392,7 @@ async fn rollback_locked(
         rollback: false,
         deploy_dir: settings.local.clone(),
         remote: settings.remote_display.clone(),
+        signer: String::new(),
         fleet: cycle::fleet_env(settings, None),
     };
     cycle::go_live(settings, env, revert, &CancellationToken::new()).await?;
@@ -442,6 +464,7 @@ mod tests {
             version: version.into(),
             created: String::new(),
             live,
+            signer: None,
         }
     }
 

@@ -71,6 +71,10 @@ pub const KEYS: &[(&str, &[&str])] = &[
     ("health-hooks", &[]),
     ("on-halt", &[]),
     ("fleet-lease", &[]),
+    ("trusted-keys", &[]),
+    ("max-signature-age", &[]),
+    ("allowed-signers", &[]),
+    ("git-verify", &[]),
 ];
 
 /// S3 settings from the configuration (the rest of the chain is the AWS SDK's).
@@ -137,6 +141,8 @@ pub struct Settings {
     pub splay: Duration,
     /// Fleet rollouts (`etcd` and `fleet` set); `None`: this host deploys alone.
     pub fleet: Option<FleetSettings>,
+    /// Signed releases (`trusted-keys` or `allowed-signers`); `None`: nothing is verified.
+    pub(crate) trust: Option<crate::trust::Trust>,
 }
 
 /// Fleet mode (SPEC § Fleet rollouts): where the group lives, and this host's rollout settings.
@@ -222,6 +228,118 @@ fn telemetry_settings(layers: &Layers) -> Result<TelemetrySettings, ConfigError>
         trigger_token,
         trigger_min_interval,
     })
+}
+
+/// The keys of signed releases (SPEC § Signed releases): `trusted-keys` with a ZIP remote,
+/// `allowed-signers` (and `git-verify`) with a git remote, `max-signature-age` with either.
+/// The keys file is read here, so a bad key is a configuration error at start or `SIGHUP`.
+fn trust_settings(
+    layers: &Layers,
+    remote: &Remote,
+    cwd: &Path,
+) -> Result<Option<crate::trust::Trust>, ConfigError> {
+    use crate::trust::{GitVerify, Trust, TrustedKeys};
+    let max_age = match layers.get("max-signature-age") {
+        Some(raw) => Some(crate::trust::parse_age(&raw.value).ok_or_else(|| {
+            value_error(
+                raw,
+                "max-signature-age",
+                "expected a duration such as 30d, 12h or 3600 (seconds)",
+            )
+        })?),
+        None => None,
+    };
+    let git_verify = match layers.get("git-verify") {
+        Some(raw) => Some(match raw.value.trim() {
+            "commit" => (GitVerify::Commit, raw),
+            "tag" => (GitVerify::Tag, raw),
+            _ => return Err(value_error(raw, "git-verify", "expected commit or tag")),
+        }),
+        None => None,
+    };
+    match (layers.get("trusted-keys"), layers.get("allowed-signers")) {
+        (Some(raw), Some(_)) => Err(value_error(
+            raw,
+            "trusted-keys",
+            "set trusted-keys (a ZIP remote) or allowed-signers (a git remote), not both",
+        )),
+        (Some(raw), None) => {
+            let file = cwd.join(raw.value.trim());
+            let zip_remote = match remote {
+                Remote::Http(_) | Remote::S3 { .. } => true,
+                Remote::Local(path) => !path.is_dir(),
+                Remote::Git(_) => false,
+            };
+            if !zip_remote {
+                return Err(value_error(
+                    raw,
+                    "trusted-keys",
+                    "signatures are checked for ZIP remotes (HTTP, S3, a local .zip); a git remote uses allowed-signers, and a local directory cannot be signed: publish a ZIP",
+                ));
+            }
+            if let Some((_, raw)) = git_verify {
+                return Err(value_error(
+                    raw,
+                    "git-verify",
+                    "git-verify goes with allowed-signers and a git remote",
+                ));
+            }
+            let text = fs::read_to_string(&file).map_err(|e| {
+                value_error(
+                    raw,
+                    "trusted-keys",
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            let keys = TrustedKeys::parse(&text).map_err(|e| {
+                value_error(raw, "trusted-keys", format!("{}: {e}", file.display()))
+            })?;
+            Ok(Some(Trust::Minisign {
+                keys,
+                file,
+                max_age,
+            }))
+        }
+        (None, Some(raw)) => {
+            let file = cwd.join(raw.value.trim());
+            if !matches!(remote, Remote::Git(_)) {
+                return Err(value_error(
+                    raw,
+                    "allowed-signers",
+                    "allowed-signers is for git remotes; a ZIP remote uses trusted-keys",
+                ));
+            }
+            if let Err(e) = fs::File::open(&file) {
+                return Err(value_error(
+                    raw,
+                    "allowed-signers",
+                    format!(
+                        "cannot read {}: {e} (git's allowed signers file: `PRINCIPAL ssh-ed25519 KEY` lines)",
+                        file.display()
+                    ),
+                ));
+            }
+            Ok(Some(Trust::Git {
+                allowed_signers: file,
+                verify: git_verify.map_or(GitVerify::Commit, |(v, _)| v),
+                max_age,
+            }))
+        }
+        (None, None) => {
+            let set = [
+                ("git-verify", git_verify.map(|(_, r)| r)),
+                ("max-signature-age", layers.get("max-signature-age")),
+            ];
+            match set.into_iter().find_map(|(k, r)| r.map(|r| (k, r))) {
+                Some((key, raw)) => Err(value_error(
+                    raw,
+                    key,
+                    "this needs trusted-keys (a ZIP remote) or allowed-signers (a git remote)",
+                )),
+                None => Ok(None),
+            }
+        }
+    }
 }
 
 const DEFAULT_HEALTH_HOOKS: &str = "/etc/repo-deploy/health.d";
@@ -966,6 +1084,7 @@ impl Settings {
         };
         let remote = remote::parse(&remote_url, cwd).map_err(|e| at(&remote_raw, e.into()))?;
         let remote_display = remote::mask(&remote_url);
+        let trust = trust_settings(&layers, &remote, cwd)?;
 
         Ok(Settings {
             config_file,
@@ -994,6 +1113,7 @@ impl Settings {
             telemetry,
             splay,
             fleet,
+            trust,
         })
     }
 
@@ -1086,6 +1206,23 @@ impl Settings {
             line("health-hooks", &f.health_hooks.display());
             line("on-halt", &f.rollout.on_halt);
             line("fleet-lease", &o.lease_secs);
+        }
+        match &self.trust {
+            Some(crate::trust::Trust::Minisign { file, .. }) => {
+                line("trusted-keys", &file.display());
+            }
+            Some(crate::trust::Trust::Git {
+                allowed_signers,
+                verify,
+                ..
+            }) => {
+                line("allowed-signers", &allowed_signers.display());
+                line("git-verify", verify);
+            }
+            None => {}
+        }
+        if let Some(age) = self.trust.as_ref().and_then(crate::trust::Trust::max_age) {
+            line("max-signature-age", &crate::trust::humanize(age));
         }
         out
     }

@@ -27,8 +27,9 @@ use crate::fleet::Place;
 use crate::hooks::{self, FleetEnv, HookEnv, HookError, Phase};
 use crate::releases::Releases;
 use crate::rollout::{Member, NoPlace};
-use crate::source::{Fetched, Source};
-use crate::state::{PostHooksDue, ReleaseInfo, State};
+use crate::source::{Fetched, SignedFetch, Source};
+use crate::state::{PostHooksDue, Refused, ReleaseInfo, State};
+use crate::trust::{Record, Signed, Trust};
 
 /// What a successful check did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +70,14 @@ pub enum CycleError {
     /// larger than the group); `current` is unchanged.
     #[error("{0:#}")]
     Misconfigured(anyhow::Error),
+    /// Signed releases: the new version was refused as untrusted; `current` is unchanged.
+    /// Never halts the fleet: a tampered upload is the remote's fault, not the version's.
+    #[error("refused {what}: {message}; current is unchanged")]
+    Refused {
+        what: String,
+        reason: String,
+        message: String,
+    },
     /// Fleet mode: the version is halted for the group; `current` is unchanged.
     #[error(
         "version {version} is halted for the fleet (by {host}: {reason}); current is unchanged. Fix it and run `repo-deploy fleet resume {version}`, or publish a new version"
@@ -96,6 +105,7 @@ impl CycleError {
             CycleError::Blocked { .. } => Exit::Blocked,
             CycleError::Misconfigured(_) => Exit::Usage,
             CycleError::RolledBack { .. } => Exit::RolledBack,
+            CycleError::Refused { .. } => Exit::Untrusted,
         }
     }
 }
@@ -190,9 +200,28 @@ pub async fn check(
         .stamp_for(&settings.remote_display, live_name.as_deref())
         .cloned();
     let fetch_started = Instant::now();
-    let fetched = source
-        .fetch_reusing(known.as_ref(), base.as_ref(), cancel)
-        .await;
+    let (fetched, admitted) = match &settings.trust {
+        Some(Trust::Minisign { keys, file, .. }) => {
+            let shown = file.display().to_string();
+            let refused = state
+                .refused
+                .clone()
+                .filter(|r| r.remote == settings.remote_display);
+            let fetched = source
+                .fetch_signed(keys, &shown, known.as_ref(), refused.as_ref(), cancel)
+                .await;
+            match fetched {
+                Ok(signed) => admit(settings, &mut state, live_info.as_ref(), signed)?,
+                Err(e) => (Err(e), None),
+            }
+        }
+        _ => {
+            let fetched = source
+                .fetch_reusing(known.as_ref(), base.as_ref(), cancel)
+                .await;
+            (fetched, None)
+        }
+    };
     crate::progress::finish();
     let artifact = match fetched {
         Ok(Fetched::Unchanged) => {
@@ -329,6 +358,8 @@ pub async fn check(
             sha256,
             remote: settings.remote_display.clone(),
             created: chrono::Utc::now().to_rfc3339(),
+            signature: admitted.as_ref().map(|a| a.signature.clone()),
+            signer: admitted.as_ref().map(|a| a.signed.signer.clone()),
         },
     );
     if let Err(e) = save(&state, dir) {
@@ -363,6 +394,7 @@ pub async fn check(
         rollback: false,
         deploy_dir: settings.local.clone(),
         remote: settings.remote_display.clone(),
+        signer: admitted.map(|a| a.signed.signer).unwrap_or_default(),
         fleet: fleet_env(settings, place.as_ref()),
     };
     if let Some(member) = fleet {
@@ -706,6 +738,141 @@ async fn go_live_with(
     Ok(switched)
 }
 
+/// A new version admitted by its signature.
+struct Admitted {
+    signed: Signed,
+    /// The `.minisig` text, kept with the release.
+    signature: String,
+}
+
+/// Signed releases, step 1's verdict: a version with a good signature is admitted if it is
+/// not older than the newest this host has verified (the anti-rollback record, then moved
+/// forward durably) nor expired; anything else is refused, and the refused pair remembered so
+/// that the next checks cost conditional requests only.
+fn admit(
+    settings: &Settings,
+    state: &mut State,
+    live: Option<&ReleaseInfo>,
+    found: SignedFetch,
+) -> Result<(anyhow::Result<Fetched>, Option<Admitted>), CycleError> {
+    let dir = &settings.directory;
+    match found {
+        SignedFetch::Unchanged => Ok((Ok(Fetched::Unchanged), None)),
+        SignedFetch::StillRefused => {
+            let Some(refused) = state.refused.clone() else {
+                return Err(anyhow!("a refusal was remembered, then lost (a bug)").into());
+            };
+            let message = format!("{} (the same pair since {})", refused.message, refused.time);
+            Err(refusal(&refused, message))
+        }
+        SignedFetch::Refused { remember, .. } => Err(remember_refusal(settings, state, remember)),
+        SignedFetch::Verified {
+            artifact,
+            signed,
+            signature,
+            sig_stamp,
+        } => {
+            let record = anti_rollback_record(dir, live)?;
+            let now = chrono::Utc::now().timestamp().max(0).unsigned_abs();
+            let max_age = settings.trust.as_ref().and_then(Trust::max_age);
+            if let Err(refused) = crate::trust::check_freshness(
+                signed.timestamp,
+                &artifact.sha256,
+                record.as_ref(),
+                max_age,
+                now,
+            ) {
+                let remember = Refused::of(&refused, artifact.stamp.clone(), sig_stamp);
+                return Err(remember_refusal(settings, state, remember));
+            }
+            if record
+                .as_ref()
+                .is_none_or(|r| signed.timestamp > r.timestamp)
+            {
+                let newest = Record {
+                    timestamp: signed.timestamp,
+                    sha256: artifact.sha256.clone(),
+                    signer: signed.signer.clone(),
+                };
+                newest
+                    .save(dir)
+                    .with_context(|| format!("cannot write {}", Record::path(dir).display()))?;
+            }
+            state.refused = None;
+            tracing::info!(
+                "good signature by key {}, signed at {}",
+                signed.signer,
+                crate::trust::show_time(signed.timestamp)
+            );
+            let admitted = Admitted { signed, signature };
+            Ok((Ok(Fetched::New(artifact)), Some(admitted)))
+        }
+    }
+}
+
+/// The anti-rollback record; a missing one next to a live signed release is rebuilt from that
+/// release's signature (never silently started from zero), a corrupt one fails closed.
+fn anti_rollback_record(
+    dir: &Path,
+    live: Option<&ReleaseInfo>,
+) -> Result<Option<Record>, CycleError> {
+    if let Some(record) = Record::load(dir).map_err(|e| CycleError::Failed(anyhow!(e)))? {
+        return Ok(Some(record));
+    }
+    let Some((info, text)) = live.and_then(|i| i.signature.as_ref().map(|s| (i, s))) else {
+        if live.is_some() {
+            tracing::info!(
+                "no anti-rollback record and the live release is unsigned: the first verified version starts {}",
+                Record::path(dir).display()
+            );
+        }
+        return Ok(None);
+    };
+    let signature = crate::trust::Signature::parse(text, "the live release's signature")
+        .map_err(|e| anyhow!("cannot rebuild {}: {e}", Record::path(dir).display()))?;
+    let record = Record {
+        timestamp: signature.timestamp(),
+        sha256: info.sha256.clone(),
+        signer: info.signer.clone().unwrap_or_default(),
+    };
+    record
+        .save(dir)
+        .with_context(|| format!("cannot write {}", Record::path(dir).display()))?;
+    tracing::warn!(
+        "rebuilt the anti-rollback record {} from the live release's signature (signed at {})",
+        Record::path(dir).display(),
+        crate::trust::show_time(record.timestamp)
+    );
+    Ok(Some(record))
+}
+
+/// Remember a refused pair in the state, and say why.
+fn remember_refusal(settings: &Settings, state: &mut State, mut remember: Refused) -> CycleError {
+    remember.remote = settings.remote_display.clone();
+    let message = remember.message.clone();
+    state.refused = Some(remember.clone());
+    if let Err(e) = state.save(&settings.directory) {
+        tracing::warn!(
+            "cannot write {}: {e}",
+            State::path(&settings.directory).display()
+        );
+    }
+    refusal(&remember, message)
+}
+
+fn refusal(refused: &Refused, message: String) -> CycleError {
+    let reason = crate::trust::Refusal::REASONS
+        .into_iter()
+        .find(|r| *r == refused.reason)
+        .unwrap_or("malformed");
+    crate::events::emit(Event::Refused { reason });
+    CycleError::Refused {
+        what: format!("version {}", refused.zip.version),
+        reason: reason.to_string(),
+        message,
+    }
+}
+
 /// The switch, off the async workers: a sync-mode tree copy or an fsync may block for long.
 async fn switch(activator: &Activator, release: &Path) -> Result<Switched, SwitchError> {
     let (activator, release) = (activator.clone(), release.to_path_buf());
@@ -795,6 +962,11 @@ async fn resume(
         rollback: false,
         deploy_dir: settings.local.clone(),
         remote: settings.remote_display.clone(),
+        signer: State::load(dir)
+            .releases
+            .get(&due.release)
+            .and_then(|i| i.signer.clone())
+            .unwrap_or_default(),
         fleet: fleet_env(settings, None),
     };
     post_hooks(settings, &settings.activator(), &env, &release).await?;
@@ -854,6 +1026,8 @@ async fn roll_back(
         rollback: true,
         deploy_dir: failed.deploy_dir.clone(),
         remote: failed.remote.clone(),
+        // Who signed the restored release is in the state, not here: left empty.
+        signer: String::new(),
         fleet: failed.fleet.clone(),
     };
     if let Err(e) = hooks::run_parts(&settings.post_hooks, &env, settings.hook_timeout, never).await
@@ -1004,6 +1178,7 @@ mod tests {
             rollback: false,
             deploy_dir: settings.local.clone(),
             remote: "test".into(),
+            signer: String::new(),
             fleet: None,
         }
     }

@@ -625,6 +625,7 @@ fn result_label(result: &Result<Outcome, CycleError>) -> &'static str {
         Err(CycleError::RolledBack { .. }) => "rolled_back",
         Err(CycleError::Interrupted) => "interrupted",
         Err(CycleError::Halted { .. }) => "halted",
+        Err(CycleError::Refused { .. }) => "refused",
     }
 }
 

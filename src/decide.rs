@@ -83,6 +83,7 @@ mod tests {
             sha256: sha.into(),
             remote: "r".into(),
             created: "t".into(),
+            ..ReleaseInfo::default()
         }
     }
 

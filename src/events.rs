@@ -30,6 +30,8 @@ pub enum Event<'a> {
     PlaceWaited { took: Duration },
     /// Fleet mode: a check met a halted version, or this host halted one.
     HaltSeen,
+    /// A new version was refused as untrusted, for this reason (`Refusal::reason`).
+    Refused { reason: &'static str },
 }
 
 /// Which hook chain a hook belongs to.

@@ -18,17 +18,21 @@ pub enum Exit {
     RolledBack = 4,
     /// Another repo-deploy holds the lock of this deploy directory.
     Locked = 5,
+    /// The new version was refused as untrusted (signature missing, invalid, unknown key,
+    /// older than the newest verified, expired); `current` is unchanged.
+    Untrusted = 6,
 }
 
 impl Exit {
     /// Every exit status, in the order of the SPEC's table.
-    pub const ALL: [Exit; 6] = [
+    pub const ALL: [Exit; 7] = [
         Exit::Ok,
         Exit::Failed,
         Exit::Usage,
         Exit::Blocked,
         Exit::RolledBack,
         Exit::Locked,
+        Exit::Untrusted,
     ];
 
     /// The process exit status.
@@ -56,6 +60,7 @@ mod tests {
             (Exit::Blocked, 3),
             (Exit::RolledBack, 4),
             (Exit::Locked, 5),
+            (Exit::Untrusted, 6),
         ];
         for (exit, code) in table {
             assert_eq!(exit.code(), code, "{exit:?}");

@@ -44,6 +44,9 @@ pub struct HookEnv {
     pub deploy_dir: PathBuf,
     /// `DEPLOY_REMOTE`, credentials already masked.
     pub remote: String,
+    /// `DEPLOY_SIGNER`: who signed `version` (minisign key id or git principal); empty
+    /// without signed releases.
+    pub signer: String,
     /// Fleet mode: `DEPLOY_FLEET` (the group) and `DEPLOY_CANARY` (this host is one of the
     /// version's canaries); `None`: both are left out.
     pub fleet: Option<FleetEnv>,
@@ -88,6 +91,7 @@ impl HookEnv {
             ),
             ("DEPLOY_DIR", self.deploy_dir.as_os_str().to_owned()),
             ("DEPLOY_REMOTE", self.remote.clone().into()),
+            ("DEPLOY_SIGNER", self.signer.clone().into()),
         ];
         if let Some(fleet) = &self.fleet {
             vars.push(("DEPLOY_FLEET", fleet.fleet.clone().into()));
@@ -351,6 +355,7 @@ mod tests {
             rollback: false,
             deploy_dir: "/d/current".into(),
             remote: "https://***@h/a.zip".into(),
+            signer: String::new(),
             fleet: None,
         }
     }

@@ -43,3 +43,4 @@ mod secret;
 mod state;
 mod systemd;
 mod telemetry;
+mod trust;

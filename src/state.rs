@@ -39,6 +39,46 @@ pub struct ReleaseInfo {
     pub remote: String,
     /// RFC 3339 time of publication.
     pub created: String,
+    /// With `trusted-keys`: the `.minisig` it was verified with (the anti-rollback record is
+    /// rebuilt from the live release's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// `DEPLOY_SIGNER`: the key id or principal that signed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+}
+
+/// A version refused as untrusted, remembered so that the next checks ask the remote only
+/// whether the ZIP or its signature changed (SPEC § Signed releases).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    /// The remote it was refused from (credentials masked); another remote forgets it.
+    #[serde(default)]
+    pub remote: String,
+    /// The refused ZIP's (or commit's) validators.
+    pub zip: Stamp,
+    /// Its signature's validators; `None` when it had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Stamp>,
+    /// The metric's label (`missing`, `bad_signature`, …).
+    pub reason: String,
+    /// The whole reason, as logged.
+    pub message: String,
+    /// RFC 3339 time of the first refusal.
+    pub time: String,
+}
+
+impl Refused {
+    pub fn of(refusal: &crate::trust::Refusal, zip: Stamp, signature: Option<Stamp>) -> Refused {
+        Refused {
+            remote: String::new(),
+            zip,
+            signature,
+            reason: refusal.reason().to_string(),
+            message: refusal.to_string(),
+            time: chrono::Utc::now().to_rfc3339(),
+        }
+    }
 }
 
 /// The result of the last check, for operators (`${directory}/status.json`). Rewritten after
@@ -162,6 +202,10 @@ pub struct State {
     /// Set by `rollback`, cleared when the remote offers another version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<Pin>,
+    /// The last version refused as untrusted while it is still offered (cleared by any other
+    /// outcome); for the remote of `remote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Refused>,
 }
 
 impl State {
@@ -209,6 +253,7 @@ impl State {
                 ".state.json.tmp-",
                 ".status.json.tmp-",
                 ".post-hooks.json.tmp-",
+                ".trust.json.tmp-",
             ]
             .iter()
             .any(|p| name.starts_with(p.as_bytes()));

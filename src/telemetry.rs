@@ -126,6 +126,12 @@ impl Sink for Shared {
             Event::HaltSeen => {
                 self.metrics.halts_seen.inc();
             }
+            Event::Refused { reason } => {
+                self.metrics
+                    .refusals
+                    .get_or_create(&ReasonLabel { reason })
+                    .inc();
+            }
         }
     }
 }
@@ -136,6 +142,11 @@ impl Sink for Shared {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -151,13 +162,14 @@ struct VersionLabel {
 }
 
 /// The results a check is counted under (`repo_deploy_checks_total{result=…}`).
-const RESULTS: [&str; 6] = [
+const RESULTS: [&str; 7] = [
     "unchanged",
     "deployed",
     "failed",
     "blocked",
     "rolled_back",
     "halted",
+    "refused",
 ];
 
 /// Every metric, and the registry that encodes them (names are `repo_deploy_` + the name
@@ -176,6 +188,7 @@ struct Metrics {
     fleet_connected: Gauge,
     place_wait: Counter<f64, AtomicU64>,
     halts_seen: Counter,
+    refusals: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -195,6 +208,7 @@ impl Metrics {
             fleet_connected: Gauge::default(),
             place_wait: Counter::default(),
             halts_seen: Counter::default(),
+            refusals: Family::default(),
         };
         // Every result is shown from the start, at 0, so rate() and alerts work before the
         // first failure.
@@ -268,6 +282,14 @@ impl Metrics {
             "fleet_halts_seen",
             "Fleet mode: checks that met a halted version, and halts this host set",
             m.halts_seen.clone(),
+        );
+        for reason in crate::trust::Refusal::REASONS {
+            let _ = m.refusals.get_or_create(&ReasonLabel { reason });
+        }
+        r.register(
+            "refusals",
+            "New versions refused as untrusted (signed releases), by reason",
+            m.refusals.clone(),
         );
         m
     }
@@ -531,6 +553,7 @@ impl Telemetry {
             Err(CycleError::Blocked { .. }) => "blocked",
             Err(CycleError::RolledBack { .. }) => "rolled_back",
             Err(CycleError::Halted { .. }) => "halted",
+            Err(CycleError::Refused { .. }) => "refused",
             // Stopped by a signal: the agent is going away; nothing to count.
             Err(CycleError::Interrupted) => return,
         };

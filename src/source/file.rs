@@ -21,13 +21,59 @@ use crate::state::Stamp;
 #[derive(Debug)]
 pub struct LocalSource {
     path: PathBuf,
+    /// `trusted-keys`: the cache, into which a new ZIP is copied while it is hashed, so that
+    /// the bytes unpacked are the bytes verified (the file may be replaced at any time).
+    signed_copy: Option<PathBuf>,
 }
 
 impl LocalSource {
-    pub fn new(path: &Path) -> LocalSource {
+    pub fn new(path: &Path, settings: &crate::config::Settings) -> LocalSource {
+        let signed = matches!(settings.trust, Some(crate::trust::Trust::Minisign { .. }));
         LocalSource {
             path: path.to_path_buf(),
+            signed_copy: signed.then(|| settings.cache.clone()),
         }
+    }
+
+    /// The file's name.
+    pub fn file_name(&self) -> Option<String> {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+    }
+
+    /// The path, for messages.
+    pub fn shown(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// The signature next to the file (`<path>.minisig`), unless its size and mtime are
+    /// those of `known`.
+    pub async fn signature(&self, known: Option<&Stamp>) -> Result<super::signed::SigFetch> {
+        use super::signed::SigFetch;
+        let mut path = self.path.clone().into_os_string();
+        path.push(".minisig");
+        let path = PathBuf::from(path);
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SigFetch::Missing),
+            Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+        };
+        let stamp = format!("{}:{}:{}", meta.len(), meta.mtime(), meta.mtime_nsec());
+        if known.and_then(|k| k.local.as_deref()) == Some(stamp.as_str()) {
+            return Ok(SigFetch::Unchanged);
+        }
+        if meta.len() > super::signed::MAX_SIGNATURE as u64 {
+            return Ok(SigFetch::TooLarge);
+        }
+        let text = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(SigFetch::New {
+            text,
+            stamp: Stamp {
+                local: Some(stamp),
+                ..Stamp::default()
+            },
+        })
     }
 
     pub async fn fetch(
@@ -38,13 +84,22 @@ impl LocalSource {
         let path = self.path.clone();
         let known = known.and_then(|s| s.local.clone());
         let cancel = cancel.clone();
-        tokio::task::spawn_blocking(move || fetch_blocking(&path, known.as_deref(), &cancel))
-            .await
-            .context("local remote check panicked")?
+        let copy = self.signed_copy.clone();
+        tokio::task::spawn_blocking(move || {
+            fetch_blocking(&path, known.as_deref(), copy.as_deref(), &cancel)
+        })
+        .await
+        .context("local remote check panicked")?
     }
 }
 
-fn fetch_blocking(path: &Path, known: Option<&str>, cancel: &CancellationToken) -> Result<Fetched> {
+/// With `copy_to` (the cache), a new ZIP is copied there and hashed for its signature too.
+fn fetch_blocking(
+    path: &Path,
+    known: Option<&str>,
+    copy_to: Option<&Path>,
+    cancel: &CancellationToken,
+) -> Result<Fetched> {
     let meta = fs::metadata(path)
         .with_context(|| format!("cannot read the local remote {}", path.display()))?;
     let (content, stamp) = if meta.is_dir() {
@@ -66,6 +121,20 @@ fn fetch_blocking(path: &Path, known: Option<&str>, cancel: &CancellationToken) 
     if known == Some(stamp.as_str()) {
         return Ok(Fetched::Unchanged);
     }
+    if let (Some(cache), true) = (copy_to, meta.is_file()) {
+        let (copy, sha256, prehash) = copy_hashed(path, cache, cancel)?;
+        return Ok(Fetched::New(Artifact {
+            content: Content::Zip(copy.path().to_path_buf()),
+            stamp: Stamp {
+                version: sha256.clone(),
+                local: Some(stamp),
+                ..Stamp::default()
+            },
+            sha256,
+            prehash: Some(Box::new(prehash)),
+            _download: Some(copy),
+        }));
+    }
     let sha256 = if meta.is_dir() {
         tree_digest(path, true, cancel)?
     } else {
@@ -80,8 +149,40 @@ fn fetch_blocking(path: &Path, known: Option<&str>, cancel: &CancellationToken) 
             local: Some(stamp),
         },
         sha256,
+        prehash: None,
         _download: None,
     }))
+}
+
+/// Copy the ZIP at `path` into the cache, hashing it on the way (SHA-256 and minisign's
+/// prehash): what is verified and unpacked is this copy, whatever happens to `path`.
+fn copy_hashed(
+    path: &Path,
+    cache: &Path,
+    cancel: &CancellationToken,
+) -> Result<(super::CacheFile, String, [u8; 64])> {
+    use std::io::Write;
+    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let copy = super::CacheFile::new(cache, ".zip")?;
+    let mut out = File::create(copy.path())
+        .with_context(|| format!("cannot create {}", copy.path().display()))?;
+    let (mut sha, mut pre) = (Sha256::new(), crate::trust::Prehash::default());
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        if cancel.is_cancelled() {
+            bail!("interrupted while reading {}", path.display());
+        }
+        let n = read_full(&mut file, &mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        sha.update(&buf[..n]);
+        pre.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .with_context(|| format!("cannot write {}", copy.path().display()))?;
+    }
+    Ok((copy, hex::encode(sha.finalize()), pre.finish()))
 }
 
 /// Files at least this large are read on a second thread while this one hashes.
@@ -224,14 +325,14 @@ mod tests {
         let zip = d.path().join("app.zip");
         fs::write(&zip, b"not really a zip").expect("write");
         let c = CancellationToken::new();
-        let Fetched::New(a) = fetch_blocking(&zip, None, &c).expect("first") else {
+        let Fetched::New(a) = fetch_blocking(&zip, None, None, &c).expect("first") else {
             panic!("expected new")
         };
         let stamp = a.stamp.local.clone();
         assert!(matches!(
-            fetch_blocking(&zip, stamp.as_deref(), &c).expect("second"),
+            fetch_blocking(&zip, stamp.as_deref(), None, &c).expect("second"),
             Fetched::Unchanged
         ));
-        assert!(fetch_blocking(&d.path().join("missing.zip"), None, &c).is_err());
+        assert!(fetch_blocking(&d.path().join("missing.zip"), None, None, &c).is_err());
     }
 }

@@ -33,6 +33,9 @@ pub struct HttpSource {
     shown: String,
     cache: std::path::PathBuf,
     stall: Duration,
+    /// `trusted-keys`: hash downloads for the signature, and download whole ZIPs only (a
+    /// signature covers every byte; a ranged update would not have them all).
+    prehash: bool,
 }
 
 impl HttpSource {
@@ -56,6 +59,7 @@ impl HttpSource {
             shown: settings.remote_display.clone(),
             cache: settings.cache.clone(),
             stall: settings.stall_timeout,
+            prehash: matches!(settings.trust, Some(crate::trust::Trust::Minisign { .. })),
         })
     }
 
@@ -76,6 +80,7 @@ impl HttpSource {
         base: Option<&Arc<Base>>,
         cancel: &CancellationToken,
     ) -> Result<Fetched> {
+        let base = base.filter(|_| !self.prehash);
         let mut req = self.client.get(self.url.clone());
         if let Some((user, pass)) = &self.user {
             req = req.basic_auth(user, pass.as_ref().map(Secret::expose));
@@ -134,8 +139,20 @@ impl HttpSource {
         let expected: Option<u64> = header(CONTENT_LENGTH).and_then(|v| v.parse().ok());
 
         let body = HttpBody { resp, source: self };
-        let (download, sha256) =
-            super::download(body, expected, &self.cache, shown, self.stall, cancel).await?;
+        let super::Downloaded {
+            file: download,
+            sha256,
+            prehash,
+        } = super::download(
+            body,
+            expected,
+            &self.cache,
+            shown,
+            self.stall,
+            self.prehash,
+            cancel,
+        )
+        .await?;
         let version = etag
             .as_deref()
             .map(etag_version)
@@ -150,8 +167,77 @@ impl HttpSource {
                 local: None,
             },
             sha256,
+            prehash,
             _download: Some(download),
         }))
+    }
+
+    /// The URL's last path segment.
+    pub fn file_name(&self) -> Option<String> {
+        self.url
+            .path_segments()
+            .and_then(|mut s| s.next_back())
+            .map(str::to_string)
+    }
+
+    /// The URL, credentials masked.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// The signature next to the ZIP (`<url>.minisig`, same query and credentials), unless it
+    /// still has the validators of `known`.
+    pub(crate) async fn signature(
+        &self,
+        known: Option<&Stamp>,
+        cancel: &CancellationToken,
+    ) -> Result<super::signed::SigFetch> {
+        use super::signed::SigFetch;
+        let mut url = self.url.clone();
+        url.set_path(&format!("{}.minisig", self.url.path()));
+        let mut req = self.client.get(url);
+        if let Some((user, pass)) = &self.user {
+            req = req.basic_auth(user, pass.as_ref().map(Secret::expose));
+        }
+        if let Some(etag) = known.and_then(|s| s.etag.as_ref()) {
+            req = req.header(IF_NONE_MATCH, etag);
+        } else if let Some(lm) = known.and_then(|s| s.last_modified.as_ref()) {
+            req = req.header(IF_MODIFIED_SINCE, lm);
+        }
+        let shown = format!("{}.minisig", self.shown);
+        let mut resp = tokio::select! {
+            r = req.send() => r.map_err(|e| anyhow!("cannot reach {shown}: {}", describe(&e)))?,
+            () = cancel.cancelled() => bail!("interrupted while contacting {shown}"),
+        };
+        match resp.status() {
+            StatusCode::NOT_MODIFIED if known.is_some() => return Ok(SigFetch::Unchanged),
+            StatusCode::NOT_FOUND | StatusCode::GONE => return Ok(SigFetch::Missing),
+            s if !s.is_success() => bail!("{shown} answered {s}"),
+            _ => {}
+        }
+        let header = |name| {
+            resp.headers()
+                .get(name)
+                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let stamp = Stamp {
+            version: String::new(),
+            etag: header(ETAG),
+            last_modified: header(LAST_MODIFIED),
+            local: None,
+        };
+        let mut text = Vec::new();
+        while let Some(chunk) = tokio::select! {
+            c = resp.chunk() => c.map_err(|e| anyhow!("cannot read {shown}: {}", describe(&e)))?,
+            () = cancel.cancelled() => bail!("interrupted while reading {shown}"),
+        } {
+            text.extend_from_slice(&chunk);
+            if text.len() > super::signed::MAX_SIGNATURE {
+                return Ok(SigFetch::TooLarge);
+            }
+        }
+        Ok(SigFetch::New { text, stamp })
     }
 
     /// The tail of the ZIP from a `206` answer to the first request; `None` when the answer is

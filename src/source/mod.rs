@@ -13,6 +13,9 @@ mod git;
 mod http;
 mod ranges;
 pub mod s3;
+mod signed;
+
+pub(crate) use signed::SignedFetch;
 
 use std::fs;
 use std::io;
@@ -46,6 +49,9 @@ pub(crate) struct Artifact {
     pub stamp: Stamp,
     /// SHA-256 of the content (the ZIP's bytes, or the tree's digest).
     pub sha256: String,
+    /// BLAKE2b-512 of the ZIP's bytes (minisign's prehash), computed while they arrived;
+    /// only with `trusted-keys`.
+    pub prehash: Option<Box<[u8; 64]>>,
     /// A downloaded file in the cache, deleted when the artifact is dropped.
     _download: Option<CacheFile>,
 }
@@ -164,7 +170,7 @@ impl Source {
                 Ok(Source::S3(s3::S3Source::new(bucket, key, settings).await?))
             }
             Remote::Git(git) => Ok(Source::Git(git::GitSource::new(git, settings)?)),
-            Remote::Local(path) => Ok(Source::Local(file::LocalSource::new(path))),
+            Remote::Local(path) => Ok(Source::Local(file::LocalSource::new(path, settings))),
         }
     }
 
@@ -239,14 +245,18 @@ pub(crate) trait Body {
 /// Stream `body` into a new file in `cache`, hashing it on the way, with `stall` as the
 /// longest wait for a chunk and `expected` (`Content-Length`) checked both ways. Shared by
 /// the HTTP and S3 sources, whose bodies differ only in type.
+/// With `prehash`, the chunks are also hashed with BLAKE2b-512 (minisign's prehash) on a
+/// blocking thread, beside the download rather than after it: the signature check then costs
+/// no second read of the ZIP.
 pub(crate) async fn download(
     mut body: impl Body,
     expected: Option<u64>,
     cache: &Path,
     shown: &str,
     stall: std::time::Duration,
+    prehash: bool,
     cancel: &CancellationToken,
-) -> Result<(CacheFile, String)> {
+) -> Result<Downloaded> {
     use anyhow::bail;
     use sha2::Digest;
     use tokio::io::AsyncWriteExt;
@@ -258,6 +268,7 @@ pub(crate) async fn download(
         .with_context(|| format!("cannot create {}", download.path().display()))?;
     let mut hasher = sha2::Sha256::new();
     let mut received: u64 = 0;
+    let mut side = prehash.then(SideHash::start);
     crate::progress::start("download", expected, true);
     loop {
         let chunk = tokio::select! {
@@ -276,6 +287,9 @@ pub(crate) async fn download(
             bail!("download of {shown} is longer than its Content-Length ({n} bytes)");
         }
         hasher.update(&chunk);
+        if let Some(side) = &mut side {
+            side.feed(chunk.clone()).await;
+        }
         file.write_all(&chunk).await.with_context(cannot_write)?;
     }
     if let Some(n) = expected
@@ -285,7 +299,55 @@ pub(crate) async fn download(
     }
     file.flush().await.with_context(cannot_write)?;
     tracing::debug!("downloaded {received} bytes from {shown}");
-    Ok((download, hex::encode(hasher.finalize())))
+    let prehash = match side {
+        Some(side) => Some(Box::new(side.finish().await?)),
+        None => None,
+    };
+    Ok(Downloaded {
+        file: download,
+        sha256: hex::encode(hasher.finalize()),
+        prehash,
+    })
+}
+
+/// A finished download: the file in the cache and its hashes.
+pub(crate) struct Downloaded {
+    pub file: CacheFile,
+    pub sha256: String,
+    pub prehash: Option<Box<[u8; 64]>>,
+}
+
+/// minisign's prehash of a download, computed on a blocking thread fed with the chunks
+/// (cheap clones of the same buffers) as they arrive.
+struct SideHash {
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    done: tokio::task::JoinHandle<[u8; 64]>,
+}
+
+impl SideHash {
+    fn start() -> SideHash {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+        let done = tokio::task::spawn_blocking(move || {
+            let mut hash = crate::trust::Prehash::default();
+            while let Some(chunk) = rx.blocking_recv() {
+                hash.update(&chunk);
+            }
+            hash.finish()
+        });
+        SideHash { tx, done }
+    }
+
+    async fn feed(&mut self, chunk: bytes::Bytes) {
+        // The receiver only goes away with a panic, which `finish` reports.
+        let _ = self.tx.send(chunk).await;
+    }
+
+    async fn finish(self) -> Result<[u8; 64]> {
+        drop(self.tx);
+        self.done
+            .await
+            .map_err(|e| anyhow::anyhow!("hashing the download panicked: {e}"))
+    }
 }
 
 /// Delete downloads left in the cache by an interrupted run. Call under the deploy lock.

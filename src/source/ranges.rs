@@ -415,6 +415,7 @@ pub async fn assemble<R: RangeRead>(
             local: None,
         },
         sha256,
+        prehash: None,
         _download: Some(download),
     }))
 }
@@ -470,6 +471,7 @@ fn complete(tail: Tail, cache: &Path) -> Result<Artifact> {
             local: None,
         },
         sha256,
+        prehash: None,
         _download: Some(download),
     })
 }

@@ -37,6 +37,8 @@ pub struct S3Source {
     endpoint: Option<String>,
     cache: PathBuf,
     stall: Duration,
+    /// `trusted-keys`: hash downloads for the signature, and download whole ZIPs only.
+    prehash: bool,
 }
 
 /// Static keys from `~/.amazon/account-key` (`accessKey=…`, `secretKey=…` lines).
@@ -173,6 +175,7 @@ impl S3Source {
             endpoint: settings.aws.endpoint.clone(),
             cache: settings.cache.clone(),
             stall: settings.stall_timeout,
+            prehash: matches!(settings.trust, Some(crate::trust::Trust::Minisign { .. })),
         })
     }
 
@@ -194,6 +197,7 @@ impl S3Source {
         base: Option<&std::sync::Arc<crate::incremental::Base>>,
         cancel: &CancellationToken,
     ) -> Result<Fetched> {
+        let base = base.filter(|_| !self.prehash);
         let mut req = self.client.get_object().bucket(&self.bucket).key(&self.key);
         if let Some(etag) = known.and_then(|s| s.etag.as_ref()) {
             req = req.if_none_match(etag);
@@ -245,8 +249,20 @@ impl S3Source {
             return Box::pin(self.fetch_with(known, None, cancel)).await;
         }
         let body = S3Body(resp.body);
-        let (download, sha256) =
-            super::download(body, expected, &self.cache, shown, self.stall, cancel).await?;
+        let super::Downloaded {
+            file: download,
+            sha256,
+            prehash,
+        } = super::download(
+            body,
+            expected,
+            &self.cache,
+            shown,
+            self.stall,
+            self.prehash,
+            cancel,
+        )
+        .await?;
         let version = etag
             .as_deref()
             .map(super::etag_version)
@@ -261,8 +277,67 @@ impl S3Source {
                 local: None,
             },
             sha256,
+            prehash,
             _download: Some(download),
         }))
+    }
+
+    /// The key's last segment.
+    pub fn file_name(&self) -> Option<String> {
+        self.key.rsplit('/').next().map(str::to_string)
+    }
+
+    /// `s3://bucket/key`, for messages.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// The signature next to the object (`<key>.minisig`), unless it still has the ETag of
+    /// `known`.
+    pub(crate) async fn signature(
+        &self,
+        known: Option<&Stamp>,
+        cancel: &CancellationToken,
+    ) -> Result<super::signed::SigFetch> {
+        use super::signed::SigFetch;
+        let key = format!("{}.minisig", self.key);
+        let mut req = self.client.get_object().bucket(&self.bucket).key(&key);
+        if let Some(etag) = known.and_then(|s| s.etag.as_ref()) {
+            req = req.if_none_match(etag);
+        }
+        let shown = format!("{}.minisig", self.shown);
+        let resp = tokio::select! {
+            r = req.send() => r,
+            () = cancel.cancelled() => bail!("interrupted while contacting {shown}"),
+        };
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) if status_of(&e) == Some(304) && known.is_some() => {
+                return Ok(SigFetch::Unchanged);
+            }
+            Err(e) if status_of(&e) == Some(404) => return Ok(SigFetch::Missing),
+            Err(e) => return Err(self.explain(&e).context(format!("cannot read {shown}"))),
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > super::signed::MAX_SIGNATURE as i64)
+        {
+            return Ok(SigFetch::TooLarge);
+        }
+        let stamp = Stamp {
+            version: String::new(),
+            etag: resp.e_tag().map(str::to_string),
+            last_modified: None,
+            local: None,
+        };
+        let text = resp
+            .body
+            .collect()
+            .await
+            .map_err(|e| anyhow!("download of {shown} failed: {e}"))?
+            .into_bytes()
+            .to_vec();
+        Ok(SigFetch::New { text, stamp })
     }
 
     /// Read bytes `start..end` (end exclusive) of the object, if it still has `etag`.

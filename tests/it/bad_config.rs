@@ -109,6 +109,12 @@ const MALFORMED: &[(&str, &[&str])] = &[
     ("health-hooks", &[]),
     ("on-halt", &["revert-all", "yes", "0"]),
     ("fleet-lease", &["0", "1", "3601", "x"]),
+    // Unreadable; with a local directory remote it is an error too (tests/it/signed.rs).
+    ("trusted-keys", &["/nonexistent/minisign.pub"]),
+    ("max-signature-age", &["0", "x", "1w", "-1d", "1.5h"]),
+    // The remote of these runs is a ZIP: allowed-signers is for git remotes.
+    ("allowed-signers", &["/etc/repo-deploy/allowed_signers"]),
+    ("git-verify", &["yes", "both", "commits"]),
 ];
 
 const SECONDS: &[&str] = &[

@@ -37,5 +37,6 @@ mod releases;
 mod s3;
 mod secrets;
 mod signals;
+mod signed;
 mod ssh;
 mod telemetry;

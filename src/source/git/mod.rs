@@ -149,6 +149,7 @@ impl GitSource {
                             ..Stamp::default()
                         },
                         sha256: tree,
+                        prehash: None,
                         _download: None,
                     }));
                 }

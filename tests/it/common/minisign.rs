@@ -64,3 +64,53 @@ pub fn verify(public: &Path, file: &Path) -> (bool, String) {
         ),
     )
 }
+
+/// `minisign -S`: sign `file` (into `file.minisig`) with `secret` (made by
+/// [`keypair_unencrypted`]); `comment` replaces the default trusted comment
+/// (`timestamp:…\tfile:…\thashed`).
+pub fn sign(secret: &Path, file: &Path, comment: Option<&str>) {
+    let mut cmd = Command::new(minisign());
+    cmd.arg("-S").arg("-s").arg(secret).arg("-m").arg(file);
+    if let Some(c) = comment {
+        cmd.arg("-t").arg(c);
+    }
+    let out = cmd.stdin(Stdio::null()).output().expect("minisign -S");
+    assert!(
+        out.status.success(),
+        "minisign -S: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The key id of a public key file, as minisign prints it in its first line.
+pub fn key_id(public: &Path) -> String {
+    let text = std::fs::read_to_string(public).expect("public key");
+    text.lines()
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .expect("untrusted comment with the key id")
+        .to_string()
+}
+
+/// A key pair `<name>.pub`, `<name>.key` in `dir` without a password (`minisign -G -W`):
+/// signing then costs no scrypt.
+pub fn keypair_unencrypted(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let public = dir.join(format!("{name}.pub"));
+    let secret = dir.join(format!("{name}.key"));
+    let out = Command::new(minisign())
+        .arg("-G")
+        .arg("-W")
+        .arg("-p")
+        .arg(&public)
+        .arg("-s")
+        .arg(&secret)
+        .stdin(Stdio::null())
+        .output()
+        .expect("minisign -G -W");
+    assert!(
+        out.status.success(),
+        "minisign -G -W: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (public, secret)
+}
