@@ -201,21 +201,34 @@ pub async fn check(
         .cloned();
     let fetch_started = Instant::now();
     let (fetched, admitted) = match &settings.trust {
-        Some(Trust::Minisign { keys, file, .. }) => {
-            let shown = file.display().to_string();
+        Some(trust) => {
+            // A refusal is remembered for this remote and these trust settings only: a key
+            // added to trusted-keys (or allowed-signers) is tried at the next check.
             let refused = state
                 .refused
                 .clone()
-                .filter(|r| r.remote == settings.remote_display);
-            let fetched = source
-                .fetch_signed(keys, &shown, known.as_ref(), refused.as_ref(), cancel)
-                .await;
-            match fetched {
-                Ok(signed) => admit(settings, &mut state, live_info.as_ref(), signed)?,
+                .filter(|r| r.remote == settings.remote_display && r.trust == trust.fingerprint());
+            let known = known.as_ref();
+            let found = match trust {
+                Trust::Minisign { keys, file, .. } => {
+                    let shown = file.display().to_string();
+                    let refused = refused.as_ref();
+                    source
+                        .fetch_signed(keys, &shown, known, refused, cancel)
+                        .await
+                }
+                Trust::Git { .. } => {
+                    source
+                        .fetch_git_signed(known, refused.as_ref(), cancel)
+                        .await
+                }
+            };
+            match found {
+                Ok(found) => admit(settings, &mut state, live_info.as_ref(), found)?,
                 Err(e) => (Err(e), None),
             }
         }
-        _ => {
+        None => {
             let fetched = source
                 .fetch_reusing(known.as_ref(), base.as_ref(), cancel)
                 .await;
@@ -358,8 +371,9 @@ pub async fn check(
             sha256,
             remote: settings.remote_display.clone(),
             created: chrono::Utc::now().to_rfc3339(),
-            signature: admitted.as_ref().map(|a| a.signature.clone()),
+            signature: admitted.as_ref().and_then(|a| a.signature.clone()),
             signer: admitted.as_ref().map(|a| a.signed.signer.clone()),
+            signed_at: admitted.as_ref().map(|a| a.signed.timestamp),
         },
     );
     if let Err(e) = save(&state, dir) {
@@ -741,8 +755,8 @@ async fn go_live_with(
 /// A new version admitted by its signature.
 struct Admitted {
     signed: Signed,
-    /// The `.minisig` text, kept with the release.
-    signature: String,
+    /// The `.minisig` text, kept with the release; `None` for git.
+    signature: Option<String>,
 }
 
 /// Signed releases, step 1's verdict: a version with a good signature is admitted if it is
@@ -775,12 +789,14 @@ fn admit(
             let record = anti_rollback_record(dir, live)?;
             let now = chrono::Utc::now().timestamp().max(0).unsigned_abs();
             let max_age = settings.trust.as_ref().and_then(Trust::max_age);
+            let minisign = matches!(settings.trust, Some(Trust::Minisign { .. }));
             if let Err(refused) = crate::trust::check_freshness(
                 signed.timestamp,
                 &artifact.sha256,
                 record.as_ref(),
                 max_age,
                 now,
+                minisign,
             ) {
                 let remember = Refused::of(&refused, artifact.stamp.clone(), sig_stamp);
                 return Err(remember_refusal(settings, state, remember));
@@ -819,7 +835,7 @@ fn anti_rollback_record(
     if let Some(record) = Record::load(dir).map_err(|e| CycleError::Failed(anyhow!(e)))? {
         return Ok(Some(record));
     }
-    let Some((info, text)) = live.and_then(|i| i.signature.as_ref().map(|s| (i, s))) else {
+    let Some((info, signed_at)) = live.and_then(|i| i.signed_at.map(|t| (i, t))) else {
         if live.is_some() {
             tracing::info!(
                 "no anti-rollback record and the live release is unsigned: the first verified version starts {}",
@@ -828,10 +844,8 @@ fn anti_rollback_record(
         }
         return Ok(None);
     };
-    let signature = crate::trust::Signature::parse(text, "the live release's signature")
-        .map_err(|e| anyhow!("cannot rebuild {}: {e}", Record::path(dir).display()))?;
     let record = Record {
-        timestamp: signature.timestamp(),
+        timestamp: signed_at,
         sha256: info.sha256.clone(),
         signer: info.signer.clone().unwrap_or_default(),
     };
@@ -849,6 +863,11 @@ fn anti_rollback_record(
 /// Remember a refused pair in the state, and say why.
 fn remember_refusal(settings: &Settings, state: &mut State, mut remember: Refused) -> CycleError {
     remember.remote = settings.remote_display.clone();
+    remember.trust = settings
+        .trust
+        .as_ref()
+        .map(Trust::fingerprint)
+        .unwrap_or_default();
     let message = remember.message.clone();
     state.refused = Some(remember.clone());
     if let Err(e) = state.save(&settings.directory) {

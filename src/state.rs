@@ -46,6 +46,10 @@ pub struct ReleaseInfo {
     /// `DEPLOY_SIGNER`: the key id or principal that signed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signer: Option<String>,
+    /// Its signed time (Unix seconds): the anti-rollback record is rebuilt from the live
+    /// release's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_at: Option<u64>,
 }
 
 /// A version refused as untrusted, remembered so that the next checks ask the remote only
@@ -55,6 +59,10 @@ pub struct Refused {
     /// The remote it was refused from (credentials masked); another remote forgets it.
     #[serde(default)]
     pub remote: String,
+    /// The trust settings it was refused under (`Trust::fingerprint`); other settings
+    /// forget it.
+    #[serde(default)]
+    pub trust: String,
     /// The refused ZIP's (or commit's) validators.
     pub zip: Stamp,
     /// Its signature's validators; `None` when it had none.
@@ -72,6 +80,7 @@ impl Refused {
     pub fn of(refusal: &crate::trust::Refusal, zip: Stamp, signature: Option<Stamp>) -> Refused {
         Refused {
             remote: String::new(),
+            trust: String::new(),
             zip,
             signature,
             reason: refusal.reason().to_string(),

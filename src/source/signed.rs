@@ -42,9 +42,8 @@ pub(crate) enum SignedFetch {
     Verified {
         artifact: Artifact,
         signed: Signed,
-        /// The `.minisig` text, kept with the release (the anti-rollback record is rebuilt from
-        /// the live release's signature).
-        signature: String,
+        /// The `.minisig` text, kept with the release; `None` for git.
+        signature: Option<String>,
         /// The signature's validators, remembered if the caller refuses the version.
         sig_stamp: Option<Stamp>,
     },
@@ -154,10 +153,23 @@ impl Source {
             Ok((signed, signature)) => Ok(SignedFetch::Verified {
                 artifact,
                 signed,
-                signature,
+                signature: Some(signature),
                 sig_stamp,
             }),
             Err(refusal) => Ok(refuse(refusal, &artifact, sig_stamp)),
+        }
+    }
+
+    /// [`Source::fetch_signed`] for a git remote with `allowed-signers`.
+    pub async fn fetch_git_signed(
+        &self,
+        known: Option<&Stamp>,
+        refused: Option<&Refused>,
+        cancel: &CancellationToken,
+    ) -> Result<SignedFetch> {
+        match self {
+            Source::Git(s) => s.fetch_signed(known, refused, cancel).await,
+            _ => anyhow::bail!("allowed-signers with a remote that is not git (a bug)"),
         }
     }
 

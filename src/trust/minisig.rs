@@ -68,6 +68,14 @@ impl TrustedKeys {
         Ok(TrustedKeys { keys })
     }
 
+    /// The keys, concatenated (for [`super::Trust::fingerprint`]).
+    pub fn fingerprint(&self) -> Vec<u8> {
+        self.keys
+            .iter()
+            .flat_map(|k| k.id.0.into_iter().chain(k.key))
+            .collect()
+    }
+
     /// The key ids, as `minisign` prints them.
     #[cfg(test)]
     pub fn ids(&self) -> Vec<String> {
@@ -177,11 +185,6 @@ impl Signature {
             timestamp,
             file,
         })
-    }
-
-    /// The signed time, as claimed (trust it only after [`TrustedKeys::verify`]).
-    pub fn timestamp(&self) -> u64 {
-        self.timestamp
     }
 }
 

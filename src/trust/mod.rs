@@ -54,6 +54,26 @@ impl std::fmt::Display for GitVerify {
 }
 
 impl Trust {
+    /// What a refusal was judged under: the keys (or the allowed-signers file's content, read
+    /// now), the git mode and the age limit, hashed.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        match self {
+            Trust::Minisign { keys, .. } => h.update(keys.fingerprint()),
+            Trust::Git {
+                allowed_signers,
+                verify,
+                ..
+            } => {
+                h.update(std::fs::read(allowed_signers).unwrap_or_default());
+                h.update(verify.to_string());
+            }
+        }
+        h.update(self.max_age().map_or(0, |d| d.as_secs()).to_le_bytes());
+        hex::encode(h.finalize())
+    }
+
     /// `max-signature-age`, whichever the kind.
     pub fn max_age(&self) -> Option<Duration> {
         match self {
@@ -166,13 +186,16 @@ pub fn show_time(secs: u64) -> String {
 
 /// The checks that follow a good signature: not expired (`max-signature-age`, against this
 /// host's clock `now`), and not older than the newest version this host has verified (the
-/// record), nor a different bundle with the same signed time.
+/// record), nor (with `one_per_second`: minisign's timestamps, which `publish` makes anew for
+/// every bundle) a different bundle with the same signed time. Two git commits may share
+/// their committer second; only an earlier one is refused.
 pub fn check_freshness(
     signed: u64,
     sha256: &str,
     record: Option<&Record>,
     max_age: Option<Duration>,
     now: u64,
+    one_per_second: bool,
 ) -> Result<(), Refusal> {
     if let Some(max) = max_age
         && now.saturating_sub(signed) > max.as_secs()
@@ -191,7 +214,7 @@ pub fn check_freshness(
             newest: show_time(record.timestamp),
         });
     }
-    if signed == record.timestamp && sha256 != record.sha256 {
+    if one_per_second && signed == record.timestamp && sha256 != record.sha256 {
         return Err(Refusal::Replayed {
             signed: show_time(signed),
         });
@@ -254,15 +277,25 @@ mod tests {
     #[test]
     fn freshness_refuses_older_replayed_and_expired() {
         let r = record(1_000, "aa");
-        assert_eq!(check_freshness(1_001, "bb", Some(&r), None, 2_000), Ok(()));
-        assert_eq!(check_freshness(1_000, "aa", Some(&r), None, 2_000), Ok(()));
-        let older = check_freshness(999, "bb", Some(&r), None, 2_000).unwrap_err();
+        assert_eq!(
+            check_freshness(1_001, "bb", Some(&r), None, 2_000, true),
+            Ok(())
+        );
+        assert_eq!(
+            check_freshness(1_000, "aa", Some(&r), None, 2_000, true),
+            Ok(())
+        );
+        let older = check_freshness(999, "bb", Some(&r), None, 2_000, true).unwrap_err();
         assert_eq!(older.reason(), "older");
-        let replayed = check_freshness(1_000, "bb", Some(&r), None, 2_000).unwrap_err();
+        let replayed = check_freshness(1_000, "bb", Some(&r), None, 2_000, true).unwrap_err();
         assert!(matches!(replayed, Refusal::Replayed { .. }), "{replayed}");
+        assert_eq!(
+            check_freshness(1_000, "bb", Some(&r), None, 2_000, false),
+            Ok(())
+        );
         let max = Some(Duration::from_secs(100));
-        let expired = check_freshness(1_500, "bb", None, max, 1_601).unwrap_err();
+        let expired = check_freshness(1_500, "bb", None, max, 1_601, true).unwrap_err();
         assert_eq!(expired.reason(), "expired");
-        assert_eq!(check_freshness(1_500, "bb", None, max, 1_600), Ok(()));
+        assert_eq!(check_freshness(1_500, "bb", None, max, 1_600, true), Ok(()));
     }
 }

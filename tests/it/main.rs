@@ -20,6 +20,7 @@ mod faults;
 mod fleet;
 mod fuzz_unpack;
 mod git;
+mod git_signed;
 mod hooks;
 mod hooks_edge;
 mod hostile;

@@ -192,6 +192,28 @@ impl<'a> Git<'a> {
     /// Run to completion; stdout on success.
     pub(super) async fn run(self, cancel: &CancellationToken) -> Result<Vec<u8>, GitError> {
         let what = self.what;
+        let (status, out, message) = self.output(cancel).await?;
+        if status.success() {
+            if !message.is_empty() {
+                tracing::debug!("git {what}: {message}");
+            }
+            Ok(out)
+        } else {
+            Err(GitError::Failed {
+                what,
+                status: describe(status),
+                message,
+            })
+        }
+    }
+
+    /// Run to completion, whatever the exit status: the status, stdout and a summary of
+    /// stderr (for `verify-commit`, whose verdict is its status, never its words).
+    pub(super) async fn output(
+        self,
+        cancel: &CancellationToken,
+    ) -> Result<(ExitStatus, Vec<u8>, String), GitError> {
+        let what = self.what;
         let mut child = self.command().spawn().map_err(GitError::Spawn)?;
         let group = child
             .id()
@@ -249,17 +271,7 @@ impl<'a> Git<'a> {
         }
         let message = summarize(&err);
         match status {
-            Some(s) if s.success() => {
-                if !message.is_empty() {
-                    tracing::debug!("git {what}: {message}");
-                }
-                Ok(out)
-            }
-            Some(s) => Err(GitError::Failed {
-                what,
-                status: describe(s),
-                message,
-            }),
+            Some(s) => Ok((s, out, message)),
             None => Err(GitError::Io(
                 "wait for git",
                 io::Error::other("no exit status"),

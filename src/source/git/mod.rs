@@ -34,6 +34,7 @@ mod checkout;
 mod command;
 mod endpoint;
 mod parse;
+mod verify;
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
@@ -78,6 +79,8 @@ pub struct GitSource {
     limits: Limits,
     connect: Duration,
     stall: Duration,
+    /// `allowed-signers`: what git must find signed.
+    trust: Option<verify::GitTrust>,
 }
 
 impl GitSource {
@@ -106,6 +109,17 @@ impl GitSource {
             limits: settings.limits,
             connect: settings.connect_timeout,
             stall: settings.stall_timeout,
+            trust: match &settings.trust {
+                Some(crate::trust::Trust::Git {
+                    allowed_signers,
+                    verify,
+                    ..
+                }) => Some(verify::GitTrust {
+                    allowed_signers: allowed_signers.clone(),
+                    verify: *verify,
+                }),
+                _ => None,
+            },
         })
     }
 
@@ -132,17 +146,59 @@ impl GitSource {
             );
             return Ok(Fetched::Unchanged);
         }
+        self.fetch_new(&remote, cancel).await.map(Fetched::New)
+    }
+
+    /// [`GitSource::fetch`] with `allowed-signers`: the new commit (or tag) is verified by git
+    /// before anything is checked out; a refused commit is not fetched again while the
+    /// remote's ref still names it (`refused`).
+    pub async fn fetch_signed(
+        &self,
+        known: Option<&Stamp>,
+        refused: Option<&crate::state::Refused>,
+        cancel: &CancellationToken,
+    ) -> Result<super::SignedFetch> {
+        use super::SignedFetch;
+        let Some(trust) = &self.trust else {
+            bail!("fetch_signed without allowed-signers (a bug)");
+        };
+        let remote = self.ls_remote(cancel).await?;
+        if known.is_some_and(|s| s.version == remote.commit) {
+            return Ok(SignedFetch::Unchanged);
+        }
+        if refused.is_some_and(|r| r.zip.version == remote.commit) {
+            return Ok(SignedFetch::StillRefused);
+        }
+        let artifact = self.fetch_new(&remote, cancel).await?;
+        let cache = self.open_cache().await?;
+        let commit = artifact.stamp.version.clone();
+        Ok(match trust.verify(&cache, &commit, cancel).await? {
+            Ok(signed) => SignedFetch::Verified {
+                artifact,
+                signed,
+                signature: None,
+                sig_stamp: None,
+            },
+            Err(refusal) => SignedFetch::Refused {
+                remember: crate::state::Refused::of(&refusal, artifact.stamp.clone(), None),
+            },
+        })
+    }
+
+    /// Fetch the commit `remote` names into the cache (rebuilt once if it is damaged) and
+    /// plan its checkout.
+    async fn fetch_new(&self, remote: &RemoteRef, cancel: &CancellationToken) -> Result<Artifact> {
         let cache = self.open_cache().await?;
         let mut rebuilt = false;
         loop {
-            match self.update(&cache, &remote, cancel).await {
+            match self.update(&cache, remote, cancel).await {
                 Ok((commit, tree, checkout)) => {
                     tracing::debug!(
                         "fetched {commit} ({}) from {}: tree {tree}",
                         remote.name,
                         self.shown
                     );
-                    return Ok(Fetched::New(Artifact {
+                    return Ok(Artifact {
                         content: Content::Git(checkout),
                         stamp: Stamp {
                             version: commit,
@@ -151,7 +207,7 @@ impl GitSource {
                         sha256: tree,
                         prehash: None,
                         _download: None,
-                    }));
+                    });
                 }
                 Err(Failure::Broken(dir, e)) if !rebuilt && !cancel.is_cancelled() => {
                     tracing::warn!(
