@@ -392,7 +392,11 @@ async fn rollback_locked(
         rollback: false,
         deploy_dir: settings.local.clone(),
         remote: settings.remote_display.clone(),
-        signer: String::new(),
+        signer: state
+            .releases
+            .get(&target.name)
+            .and_then(|i| i.signer.clone())
+            .unwrap_or_default(),
         fleet: cycle::fleet_env(settings, None),
     };
     cycle::go_live(settings, env, revert, &CancellationToken::new()).await?;

@@ -1627,6 +1627,13 @@ fn publish_puts_the_signature_then_the_zip_and_the_agent_deploys_it() {
         "the signature is uploaded first: signature at line {sig:?}, ZIP at line {zip:?}"
     );
 
+    // The agent trusts the key: the signature is fetched from S3 and checked.
+    w.config(&format!(
+        "aws-access-key = {}\naws-secret-key = {}\ntrusted-keys = {}\n",
+        m.keys.access,
+        m.keys.secret,
+        public.display()
+    ));
     w.fetch(&target, &[]).expect_code(0);
     let expected: BTreeMap<String, Vec<u8>> = [
         ("css/site.css".to_owned(), b"body{}\n".to_vec()),
@@ -1648,4 +1655,25 @@ fn publish_puts_the_signature_then_the_zip_and_the_agent_deploys_it() {
     get("releases/app.zip.minisig", &w.root.join("app.zip.minisig"));
     let (ok, said) = crate::common::minisign::verify(&public, &zip_copy);
     assert!(ok && said.contains("file:app.zip"), "{said}");
+
+    // Whoever can write to the bucket cannot deploy: a changed ZIP under the old signature
+    // is refused (exit 6), and so is a ZIP with no signature beside it.
+    let mut tampered = fs::read(&zip_copy).expect("zip");
+    let at = tampered.len() / 2;
+    tampered[at] ^= 0x20;
+    m.put(&bucket, "releases/app.zip", &tampered);
+    let out = w.fetch(&target, &[]);
+    out.expect_code(6);
+    assert!(out.stderr.contains("bad signature"), "{}", out.stderr);
+    assert_eq!(files_of(&w.live()), expected);
+    let other = format!("s3://{bucket}/releases/other.zip");
+    m.put(
+        &bucket,
+        "releases/other.zip",
+        &fs::read(&zip_copy).expect("zip"),
+    );
+    let out = w.fetch(&other, &[]);
+    out.expect_code(6);
+    assert!(out.stderr.contains("no signature"), "{}", out.stderr);
+    assert_eq!(files_of(&w.live()), expected);
 }
