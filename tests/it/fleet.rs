@@ -1035,3 +1035,42 @@ fn the_status_page_follows_a_rollout_and_a_halt() {
         page.requests
     );
 }
+
+/// Signed releases in fleet mode: a version refused as untrusted (exit 6) halts nothing; the
+/// good signature then rolls out as usual.
+#[test]
+fn a_refused_signature_halts_nothing_in_the_fleet() {
+    let _serial = serial();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (public, secret) = crate::common::minisign::keypair_unencrypted(keys.path(), "k");
+    let g = Group::new(1, 2, &format!("trusted-keys = {}", public.display()));
+    let t = 1_790_000_000u64;
+    let sign = |ts: u64| {
+        let comment = format!("timestamp:{ts}\tfile:app.zip\thashed");
+        crate::common::minisign::sign(&secret, &g.remote, Some(&comment));
+    };
+    sign(t);
+    for i in 0..2 {
+        g.cmd(i).arg("-f").run().expect_code(0);
+    }
+    // v2 under v1's signature: refused by both hosts.
+    g.publish("v2", &[]);
+    for i in 0..2 {
+        let out = g.cmd(i).arg("-f").run();
+        out.expect_code(6);
+        assert!(out.stderr.contains("bad signature"), "{}", out.dump());
+        assert_eq!(g.live_version(i).as_deref(), Some("v1"));
+    }
+    let (code, json) = g.status_json();
+    assert_eq!(code, Some(0), "{json}");
+    assert!(
+        json["halted"].as_array().is_some_and(Vec::is_empty),
+        "a refusal halts nothing: {json}"
+    );
+    // Signed, it rolls out.
+    sign(t + 10);
+    for i in 0..2 {
+        g.cmd(i).arg("-f").run().expect_code(0);
+        assert_eq!(g.live_version(i).as_deref(), Some("v2"));
+    }
+}

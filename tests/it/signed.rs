@@ -305,6 +305,12 @@ fn a_refused_pair_costs_two_conditional_requests_until_one_of_them_changes() {
         "v2\n"
     );
     env.assert_clean();
+    // Live and unchanged: one conditional request, as without signatures.
+    let mark = nginx.access_log().len();
+    env.fetch(&url).expect_code(0);
+    let unchanged: Vec<Access> = nginx.access_log().into_iter().skip(mark).collect();
+    assert_eq!(unchanged.len(), 1, "{unchanged:#?}");
+    assert_eq!(unchanged[0].status, 304, "{unchanged:#?}");
 }
 
 #[test]
