@@ -326,7 +326,7 @@ struct SideHash {
 
 impl SideHash {
     fn start() -> SideHash {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
         let done = tokio::task::spawn_blocking(move || {
             let mut hash = crate::trust::Prehash::default();
             while let Some(chunk) = rx.blocking_recv() {
