@@ -13,7 +13,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// Exit status: 0 deployed or already up to date; 1 check or update failed (current
 /// unchanged); 2 usage or configuration error; 3 a pre-update hook blocked the update; 4 a
 /// post-update hook failed and the previous version was restored; 5 another repo-deploy holds
-/// the lock of the deploy directory.
+/// the lock of the deploy directory; 6 the new version was refused as untrusted (signed
+/// releases; current unchanged).
 #[derive(Debug, Parser, Default)]
 #[command(name = "repo-deploy", version, about, long_about, max_term_width = 100)]
 pub struct Cli {
